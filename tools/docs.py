@@ -45,7 +45,7 @@ def main(cmd: str):
         if (ROOT / "README.md").read_text() != render_readme():
             sys.exit("README.md is out of date with nbs/index.ipynb: run `make readme` and commit it")
     elif cmd == "readme":
-        if not (ROOT / "_proc" / "index.ipynb").exists(): process_notebooks()
+        process_notebooks()
         (ROOT / "README.md").write_text(render_readme())
     else:
         sys.exit(f"usage: python tools/docs.py build|readme (got {cmd!r})")
