@@ -1,0 +1,69 @@
+"""Logit distillation and the total loss."""
+import math
+
+import pytest
+import torch
+
+from compodistill.objective import DistillationLoss, NonFiniteLossError, answer_positions, logit_kd_loss
+
+
+def _direct_kl(s, t, labels, tau):
+    """Forward KL by explicit loops over the answer positions and the vocabulary."""
+    total, n = 0.0, 0
+    for b in range(labels.shape[0]):
+        for i in range(labels.shape[1] - 1):
+            if labels[b, i + 1] == -100: continue
+            zs, zt = s[b, i, :].tolist(), t[b, i, : s.shape[-1]].tolist()
+            ls = [z / tau - math.log(sum(math.exp(y / tau) for y in zs)) for z in zs]
+            lt = [z / tau - math.log(sum(math.exp(y / tau) for y in zt)) for z in zt]
+            total += sum(math.exp(a) * (a - c) for a, c in zip(lt, ls)); n += 1
+    return total / n * tau ** 2
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.5])
+def test_kd_equals_direct_computation_on_a_toy_vocabulary(tau):
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 6, 5), torch.randn(2, 6, 8) * 2          # teacher vocabulary larger: cut to 5
+    labels = torch.tensor([[-100, -100, 1, 2, 3, -100], [-100, 4, 4, -100, -100, 0]])
+    assert abs(logit_kd_loss(s, t, labels, tau).item() - _direct_kl(s, t, labels, tau)) < 1e-5
+
+
+def test_answer_positions_are_shifted_labels():
+    labels = torch.tensor([[-100, -100, 7, 8]])
+    assert answer_positions(labels).tolist() == [[False, True, True, False]]
+
+
+def test_kd_gradients_only_reach_the_student():
+    s = torch.randn(1, 4, 6, requires_grad=True)
+    t = torch.randn(1, 4, 6, requires_grad=True)
+    logit_kd_loss(s, t, torch.tensor([[-100, 1, 2, 3]])).backward()
+    assert t.grad is None and s.grad.abs().sum() > 0 and s.grad[0, -1].abs().sum() == 0
+
+
+def test_kd_errors():
+    s, t = torch.randn(1, 4, 6), torch.randn(1, 4, 5)
+    lab = torch.tensor([[-100, 1, 2, 3]])
+    with pytest.raises(ValueError, match="smaller than the student's"): logit_kd_loss(s, t, lab)
+    with pytest.raises(ValueError, match="different positions"): logit_kd_loss(s, torch.randn(1, 3, 6), lab)
+    with pytest.raises(ValueError, match="kind must be"): logit_kd_loss(s, s, lab, kind="js")
+    assert logit_kd_loss(s, s, torch.full((1, 4), -100)).item() == 0
+
+
+def test_total_loss_terms_and_weights():
+    torch.manual_seed(1)
+    s, t = torch.randn(2, 5, 6), torch.randn(2, 5, 6)
+    lab = torch.tensor([[-100, -100, 1, 2, 3], [-100, 1, 2, -100, -100]])
+    maps_s, maps_t = torch.rand(3, 2, 4, 4).softmax(-1), torch.rand(3, 2, 4, 4).softmax(-1)
+    obj = DistillationLoss(kd_weight=0.5, vat_weight=2.0)
+    out = obj(torch.tensor(1.5), s, t, lab, maps_s, maps_t, torch.tensor([True, True]))
+    assert out["kd"] > 0 and out["vat"] > 0
+    assert torch.allclose(out["loss"], 1.5 + 0.5 * out["kd"] + 2.0 * out["vat"])
+    plain = DistillationLoss(kd_weight=0, vat_weight=0)(torch.tensor(1.5), s, t, lab, maps_s, maps_t)
+    assert plain["loss"].item() == 1.5 and plain["kd"].item() == 0 and plain["vat"].item() == 0
+
+
+def test_non_finite_terms_name_the_step_and_term():
+    s = torch.randn(1, 4, 6); s[0, 1, 0] = float("inf")
+    with pytest.raises(NonFiniteLossError, match="step 12: the kd loss"):
+        DistillationLoss()(torch.tensor(1.0), s, torch.randn(1, 4, 6), torch.tensor([[-100, 1, 2, 3]]), step=12)
+    with pytest.raises(ValueError, match="weights must be >= 0"): DistillationLoss(kd_weight=-1)
