@@ -26,3 +26,30 @@ def test_module_entry_point_and_unknown_command():
     assert r.returncode != 0 and "unknown command 'bogus'" in r.stderr
     r = _run(sys.executable, "-m", "compodistill.cli", "models", "--preset", "full")
     assert r.returncode != 0 and "starts from pretrained parts" in r.stderr
+
+
+def test_export_folds_taf_and_chat_answers(tmp_path, tok):
+    import torch
+    from PIL import Image
+
+    from compodistill.checkpoints import load_llava, make_processor, save_llava
+    from compodistill.models import build_pair, dummy_batch
+    from compodistill.taf import attach_taf
+    teacher, student = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
+    attach_taf(student, teacher)
+    save_llava(student, make_processor(tok, student.config.vision_config), tmp_path / "student")
+    r = _run(str(BIN / "compodistill"), "export", "--model", str(tmp_path / "student"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "64-wide projector" in r.stdout
+    batch = dummy_batch(student.config)
+    exported, _ = load_llava(tmp_path / "out")
+    assert type(exported.model.multi_modal_projector).__name__ == "WideProjector"
+    with torch.no_grad(): assert (exported(**batch).logits - student(**batch).logits).abs().max() < 1e-5
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "img.png")
+    r = subprocess.run([str(BIN / "compodistill"), "chat", "--model", str(tmp_path / "out"), "--image",
+                        str(tmp_path / "img.png"), "--max-new-tokens", "2"], input="what colour ?\nwhat shape ?\n",
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 2                                      # one answer line per question
+    r = _run(str(BIN / "compodistill"), "chat", "--model", str(tmp_path / "out"), "--image", str(tmp_path / "nope.png"))
+    assert r.returncode != 0 and "no such image file" in r.stderr
