@@ -109,3 +109,119 @@ def test_vat_without_teacher_is_refused(tok, tmp_path):
     with pytest.raises(ValueError, match="VAT needs a teacher"):
         DistillationTrainer(model=student, args=args(tmp_path), train_dataset=ToyData(student.config, tok),
                             data_collator=collate, objective=DistillationLoss(), matching=band_matching(6, 4))
+
+
+# ---- the stage runner -------------------------------------------------------------------------------------------
+import json  # noqa: E402
+
+from compodistill.checkpoints import load_llava, make_processor, save_llava  # noqa: E402
+from compodistill.train import STAGE_DONE, parse_stage_config, run_stage  # noqa: E402
+
+
+def _world(root, tok, n=24):
+    from PIL import Image
+    (root / "images").mkdir(parents=True)
+    recs = []
+    for i in range(n):
+        c = ["red", "blue"][i % 2]
+        Image.new("RGB", (32, 32), c).save(root / "images" / f"{i}.png")
+        recs.append({"id": f"r{i}", "image": f"images/{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nwhat colour is the circle ?"}, {"from": "gpt", "value": c}]})
+    (root / "train.json").write_text(json.dumps(recs))
+    teacher, student = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
+    for name, m in (("teacher", teacher), ("student", student)):
+        save_llava(m, make_processor(tok, m.config.vision_config), root / name)
+    return dict(data=str(root / "train.json"), teacher=str(root / "teacher"), lora_r=4, lora_alpha=8, matching="band",
+                max_steps=4, per_device_train_batch_size=8, learning_rate=2e-3, use_cpu=True, disable_tqdm=True,
+                save_steps=2, max_length=64, logging_steps=1)
+
+
+def test_three_stages_chain_and_freeze_what_they_should(tok, tmp_path):
+    common, prev = _world(tmp_path, tok), tmp_path / "student"
+    vision0 = load_llava(prev)[0].model.vision_tower.state_dict()
+    for stage in ("dpt", "dft", "sft"):
+        prev = run_stage(*parse_stage_config(None, stage=stage, model=str(prev), output_dir=str(tmp_path / stage), **common))
+        done = json.loads((tmp_path / stage / STAGE_DONE).read_text())
+        assert done["steps"] == 4 and done["global_batch"] == 8 and (tmp_path / stage / "checkpoint-4" / "COMPLETE").is_file()
+    final, _ = load_llava(prev)
+    assert type(final.model.multi_modal_projector).__name__ == "TAFProjector"
+    assert not any("lora" in n for n, _ in final.named_parameters())                   # LoRA merged
+    assert all(torch.equal(v, final.model.vision_tower.state_dict()[k]) for k, v in vision0.items())
+    teacher, _ = load_llava(tmp_path / "teacher")
+    tp = teacher.model.multi_modal_projector
+    assert torch.equal(final.model.multi_modal_projector.linear_2.weight, tp.linear_2.weight)   # teacher part frozen
+    log = json.loads((tmp_path / "dft" / STAGE_DONE).read_text())["last_log"]
+    assert log["loss_vat"] > 0 and log["loss_kd"] > 0
+
+
+def test_kd_baseline_stage_keeps_a_plain_projector(tok, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+    common = _world(tmp_path, tok)
+    out = run_stage(*parse_stage_config(None, stage="dft", taf=False, vat_weight=0, model=str(tmp_path / "student"),
+                                        output_dir=str(tmp_path / "kd"), **common))
+    plain = LlavaForConditionalGeneration.from_pretrained(out)                  # no TAF: a plain checkpoint
+    assert plain.generate(**_batch(plain, tok), max_new_tokens=2, do_sample=False).shape[1] > 0
+
+
+def _batch(model, tok):
+    from compodistill.models import dummy_batch
+    return {k: v for k, v in dummy_batch(model.config, batch_size=1).items()}
+
+
+def test_errors_before_training(tok, tmp_path):
+    common = _world(tmp_path, tok)
+    with pytest.raises(FileNotFoundError, match="the model checkpoint .*dpt/model does not exist"):
+        run_stage(*parse_stage_config(None, stage="dft", model=str(tmp_path / "dpt" / "model"),
+                                      output_dir=str(tmp_path / "x"), **common))
+    with pytest.raises(FileNotFoundError, match="data file .*nope.json not found"):
+        run_stage(*parse_stage_config(None, stage="dpt", model=str(tmp_path / "student"), output_dir=str(tmp_path / "x"),
+                                      **{**common, "data": str(tmp_path / "nope.json")}))
+    with pytest.raises(ValueError, match="not used by the HfArgumentParser: \\['learning_rat'\\]"):
+        parse_stage_config(None, ["learning_rat=1"], stage="dpt", model="m", data="d", output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="set `teacher`"):
+        run_stage(*parse_stage_config(None, stage="dpt", model=str(tmp_path / "student"), output_dir=str(tmp_path / "x"),
+                                      **{**common, "teacher": None}))
+    other_tok = type(tok).from_pretrained(tmp_path / "teacher")
+    other_tok.add_tokens(["triangle"])
+    m, _ = load_llava(tmp_path / "teacher")
+    m.resize_token_embeddings(len(other_tok))
+    save_llava(m, make_processor(other_tok, m.config.vision_config), tmp_path / "bigger_teacher")
+    with pytest.raises(Exception, match="vocab_size|incompatible"):
+        run_stage(*parse_stage_config(None, stage="dpt", model=str(tmp_path / "student"), output_dir=str(tmp_path / "y"),
+                                      **{**common, "teacher": str(tmp_path / "bigger_teacher")}))
+
+
+def test_train_command_yaml_and_overrides(tok, tmp_path):
+    import yaml
+
+    from compodistill.cli import main
+    common = _world(tmp_path, tok)
+    cfg = tmp_path / "dpt.yaml"
+    cfg.write_text(yaml.safe_dump({**common, "stage": "dpt", "model": str(tmp_path / "student"),
+                                   "output_dir": str(tmp_path / "dpt"), "learning_rate": "2e-3"}))
+    main(["train", "--config", str(cfg), "max_steps=2"])
+    assert json.loads((tmp_path / "dpt" / STAGE_DONE).read_text())["steps"] == 2
+    resolved = json.loads((tmp_path / "dpt" / "config.json").read_text())
+    assert resolved["training"]["learning_rate"] == 2e-3 and resolved["resolved"]["trains"] == ["adapter"]
+
+
+def test_two_process_ddp_dft_stage(tok, tmp_path):
+    """DDP with two CPU processes (gloo), launched by torchrun: the global batch doubles and one model is written."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    common = _world(tmp_path, tok)
+    cfg = tmp_path / "dft.yaml"
+    cfg.write_text(yaml.safe_dump({**common, "stage": "dft", "model": str(tmp_path / "student"),
+                                   "output_dir": str(tmp_path / "dft"), "per_device_train_batch_size": 4}))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "compodistill.cli",
+                        "train", "--config", str(cfg)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1 and "global batch 8" in r.stdout
+    done = json.loads((tmp_path / "dft" / STAGE_DONE).read_text())
+    assert done["global_batch"] == 8 and done["last_log"]["loss_vat"] > 0
+    assert load_llava(tmp_path / "dft" / "model")[0] is not None
