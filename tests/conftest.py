@@ -18,3 +18,31 @@ WORDS = "what colour shape is the red green blue circle square left right of abo
 def tok():
     "A fresh word-level tokenizer with `<image>` and the chat template."
     return word_tokenizer(WORDS)
+
+
+@pytest.fixture
+def toy_world(tok):
+    """A function writing, under a folder, a LLaVA-format colour-question file, a tiny teacher and student, and
+    returning stage settings (data, teacher, small LoRA, a few CPU steps) for `parse_stage_config`."""
+    def write(root, n=24):
+        import json
+
+        from PIL import Image
+
+        from compodistill.checkpoints import make_processor, save_llava
+        from compodistill.models import build_pair
+        (root / "images").mkdir(parents=True)
+        recs = []
+        for i in range(n):
+            c = ["red", "blue"][i % 2]
+            Image.new("RGB", (32, 32), c).save(root / "images" / f"{i}.png")
+            recs.append({"id": f"r{i}", "image": f"images/{i}.png", "conversations": [
+                {"from": "human", "value": "<image>\nwhat colour is the circle ?"}, {"from": "gpt", "value": c}]})
+        (root / "train.json").write_text(json.dumps(recs))
+        teacher, student = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
+        for name, m in (("teacher", teacher), ("student", student)):
+            save_llava(m, make_processor(tok, m.config.vision_config), root / name)
+        return dict(data=str(root / "train.json"), teacher=str(root / "teacher"), lora_r=4, lora_alpha=8,
+                    matching="band", max_steps=4, per_device_train_batch_size=8, learning_rate=2e-3, use_cpu=True,
+                    disable_tqdm=True, save_steps=2, max_length=64, logging_steps=1)
+    return write

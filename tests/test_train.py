@@ -118,26 +118,8 @@ from compodistill.checkpoints import load_llava, make_processor, save_llava  # n
 from compodistill.train import STAGE_DONE, parse_stage_config, run_stage  # noqa: E402
 
 
-def _world(root, tok, n=24):
-    from PIL import Image
-    (root / "images").mkdir(parents=True)
-    recs = []
-    for i in range(n):
-        c = ["red", "blue"][i % 2]
-        Image.new("RGB", (32, 32), c).save(root / "images" / f"{i}.png")
-        recs.append({"id": f"r{i}", "image": f"images/{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nwhat colour is the circle ?"}, {"from": "gpt", "value": c}]})
-    (root / "train.json").write_text(json.dumps(recs))
-    teacher, student = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
-    for name, m in (("teacher", teacher), ("student", student)):
-        save_llava(m, make_processor(tok, m.config.vision_config), root / name)
-    return dict(data=str(root / "train.json"), teacher=str(root / "teacher"), lora_r=4, lora_alpha=8, matching="band",
-                max_steps=4, per_device_train_batch_size=8, learning_rate=2e-3, use_cpu=True, disable_tqdm=True,
-                save_steps=2, max_length=64, logging_steps=1)
-
-
-def test_three_stages_chain_and_freeze_what_they_should(tok, tmp_path):
-    common, prev = _world(tmp_path, tok), tmp_path / "student"
+def test_three_stages_chain_and_freeze_what_they_should(toy_world, tmp_path):
+    common, prev = toy_world(tmp_path), tmp_path / "student"
     vision0 = load_llava(prev)[0].model.vision_tower.state_dict()
     for stage in ("dpt", "dft", "sft"):
         prev = run_stage(*parse_stage_config(None, stage=stage, model=str(prev), output_dir=str(tmp_path / stage), **common))
@@ -154,9 +136,9 @@ def test_three_stages_chain_and_freeze_what_they_should(tok, tmp_path):
     assert log["loss_vat"] > 0 and log["loss_kd"] > 0
 
 
-def test_kd_baseline_stage_keeps_a_plain_projector(tok, tmp_path):
+def test_kd_baseline_stage_keeps_a_plain_projector(toy_world, tok, tmp_path):
     from transformers import LlavaForConditionalGeneration
-    common = _world(tmp_path, tok)
+    common = toy_world(tmp_path)
     out = run_stage(*parse_stage_config(None, stage="dft", taf=False, vat_weight=0, model=str(tmp_path / "student"),
                                         output_dir=str(tmp_path / "kd"), **common))
     plain = LlavaForConditionalGeneration.from_pretrained(out)                  # no TAF: a plain checkpoint
@@ -168,8 +150,8 @@ def _batch(model, tok):
     return {k: v for k, v in dummy_batch(model.config, batch_size=1).items()}
 
 
-def test_errors_before_training(tok, tmp_path):
-    common = _world(tmp_path, tok)
+def test_errors_before_training(toy_world, tok, tmp_path):
+    common = toy_world(tmp_path)
     with pytest.raises(FileNotFoundError, match="the model checkpoint .*dpt/model does not exist"):
         run_stage(*parse_stage_config(None, stage="dft", model=str(tmp_path / "dpt" / "model"),
                                       output_dir=str(tmp_path / "x"), **common))
@@ -191,11 +173,11 @@ def test_errors_before_training(tok, tmp_path):
                                       **{**common, "teacher": str(tmp_path / "bigger_teacher")}))
 
 
-def test_train_command_yaml_and_overrides(tok, tmp_path):
+def test_train_command_yaml_and_overrides(toy_world, tmp_path):
     import yaml
 
     from compodistill.cli import main
-    common = _world(tmp_path, tok)
+    common = toy_world(tmp_path)
     cfg = tmp_path / "dpt.yaml"
     cfg.write_text(yaml.safe_dump({**common, "stage": "dpt", "model": str(tmp_path / "student"),
                                    "output_dir": str(tmp_path / "dpt"), "learning_rate": "2e-3"}))
@@ -205,14 +187,14 @@ def test_train_command_yaml_and_overrides(tok, tmp_path):
     assert resolved["training"]["learning_rate"] == 2e-3 and resolved["resolved"]["trains"] == ["adapter"]
 
 
-def test_two_process_ddp_dft_stage(tok, tmp_path):
+def test_two_process_ddp_dft_stage(toy_world, tmp_path):
     """DDP with two CPU processes (gloo), launched by torchrun: the global batch doubles and one model is written."""
     import os
     import subprocess
     import sys
 
     import yaml
-    common = _world(tmp_path, tok)
+    common = toy_world(tmp_path)
     cfg = tmp_path / "dft.yaml"
     cfg.write_text(yaml.safe_dump({**common, "stage": "dft", "model": str(tmp_path / "student"),
                                    "output_dir": str(tmp_path / "dft"), "per_device_train_batch_size": 4}))
