@@ -37,9 +37,9 @@ check-sync: install
 	rm -rf $(SYNC_TMP)
 	@echo "check-sync: notebooks clean, package in sync"
 
-## The notebooks' own tests (cells flagged slow/gpu are skipped).
+## The notebooks' own tests (cells flagged slow/gpu are skipped), two notebooks at a time with one torch thread each.
 nbtest: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2 --timing
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 ## The documentation site, into docs/: nbdev_docs where Quarto exists, else nbdev's processing + smalldocs.
 docs: install
