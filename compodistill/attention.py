@@ -132,9 +132,13 @@ def capture_visual_attention(model:LlavaForConditionalGeneration, # the model th
     q_idx = k_idx if queries == "visual" else torch.arange(input_ids.shape[1], device=input_ids.device).expand(len(input_ids), -1)
     cap = VisualAttention(list(layers), q_idx, k_idx, present, per_head,
                           _modules={blocks[l].self_attn: l for l in layers})
+    checkpointed = {l: blocks[l].gradient_checkpointing for l in layers}
+    for l in layers: blocks[l].gradient_checkpointing = False  # a replayed layer would run without the capture
     token = _ACTIVE.set(_ACTIVE.get() + (cap,))
     try: yield cap
-    finally: _ACTIVE.reset(token)
+    finally:
+        _ACTIVE.reset(token)
+        for l, flag in checkpointed.items(): blocks[l].gradient_checkpointing = flag
 
 # %% ../nbs/03_attention.ipynb #9b654001
 def _block(maps:torch.Tensor, pos:torch.Tensor) -> torch.Tensor:

@@ -148,3 +148,18 @@ def test_probs_kernel_handles_float_additive_masks():
     b = visual_attention_probs(q, k, additive, 8 ** -.5, idx, idx)
     c = visual_attention_probs(q, k, None, 8 ** -.5, idx, idx)
     assert torch.allclose(a, b) and torch.allclose(a, c)
+
+
+def test_capture_under_gradient_checkpointing_gives_the_same_gradients():
+    cfg = preset_config("tiny", "teacher")
+    plain, ckpt = (build_llava(copy.deepcopy(cfg), seed=0) for _ in range(2))
+    ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    batch = dummy_batch(cfg, pads=((0, 0), (2, 0)))
+    grads = []
+    for m in (plain, ckpt):
+        m.train()
+        with capture_visual_attention(m, batch["input_ids"], [1, 3]) as cap: out = m(**batch)
+        (cap.stack().pow(2).sum() + out.logits.mean()).backward()
+        grads.append(m.model.language_model.layers[1].self_attn.q_proj.weight.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
+    assert ckpt.model.language_model.layers[1].gradient_checkpointing                     # restored after the capture
