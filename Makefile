@@ -19,9 +19,9 @@ $(STAMP): settings.ini setup.py
 
 install: $(STAMP)
 
-## The main job. Until the small-scale reproduction lands it runs the most complete end-to-end path there is.
+## The main job: the small-scale reproduction (configs/small/pipeline.yaml, 3 seeds), ending with the results table.
 reproduce: install
-	HF_HUB_OFFLINE=1 $(BIN)/compodistill models --preset small --out runs/models-smoke
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/compodistill reproduce --scale small --seeds 0 1 2
 
 ## Everything CI checks, in order; ends with pytest's summary line.
 test: install check-sync nbtest docs pytest

@@ -17,7 +17,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # %% auto #0
 __all__ = ['CAPTURE_ATTENTION', 'visual_positions', 'visual_attention_probs', 'enable_capture', 'VisualAttention',
-           'capture_visual_attention', 'step_cost', 'compare_capture_cost']
+           'capture_visual_attention']
 
 # %% ../nbs/03_attention.ipynb #ae67c609
 def visual_positions(input_ids:torch.Tensor, # (batch, seq) token ids
@@ -145,66 +145,3 @@ def _block(maps:torch.Tensor, pos:torch.Tensor) -> torch.Tensor:
     "Rows and columns `pos` (batch, n) of full maps (batch, T, T)."
     rows = maps.gather(1, pos[:, :, None].expand(-1, -1, maps.shape[-1]))
     return rows.gather(2, pos[:, None, :].expand(-1, pos.shape[1], -1))
-
-# %% ../nbs/03_attention.ipynb #e137ea95
-def _peak_rss_mb() -> float:
-    "Peak resident memory of this process so far, in MiB (Linux reports KiB)."
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-def _rss_mb() -> float:
-    "Current resident memory of this process, in MiB."
-    import os
-    with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-# %% ../nbs/03_attention.ipynb #27cb5860
-def step_cost(mode:str, # "none", "capture" or "eager"
-              preset:str="full", # preset whose depth-faithful student is measured
-              layers=tuple(range(8, 15)), # captured LLM layers (the official window of a 24-layer student)
-              batch_size:int=2, # samples per step
-              n_text:int=64, # text tokens after the 729 visual tokens
-              repeats:int=3, # timed steps (median reported)
-              device:str="cpu", # "cpu" or "cuda"
-             ) -> dict:
-    "Time (median s) and peak memory (MiB) of one forward+backward step of a depth-faithful model in `mode`."
-    import statistics, time
-    from compodistill.models import build_llava, depth_faithful, dummy_batch, preset_config
-    cfg = preset_config(depth_faithful(preset), "student")
-    model = build_llava(cfg, seed=0, attn_implementation="eager" if mode == "eager" else "sdpa").to(device).train()
-    batch = {k: v.to(device) for k, v in dummy_batch(cfg, batch_size=batch_size, n_text=n_text).items()}
-    def step():
-        model.zero_grad(set_to_none=True)
-        if mode == "capture":
-            with capture_visual_attention(model, batch["input_ids"], layers) as cap: out = model(**batch)
-            extra = cap.stack().sum()
-        elif mode == "eager":
-            out = model(**batch, output_attentions=True)
-            p = visual_positions(batch["input_ids"], cfg.image_token_id)[0]
-            extra = sum(_block(out.attentions[l].mean(1), p).sum() for l in layers)
-        elif mode == "none": out, extra = model(**batch), 0
-        else: raise ValueError(f"mode must be 'none', 'capture' or 'eager', got {mode!r}")
-        (out.logits.float().logsumexp(-1).mean() + extra).backward()
-        if device == "cuda": torch.cuda.synchronize()
-    if device == "cuda": torch.cuda.reset_peak_memory_stats()
-    base = _rss_mb()
-    step()
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_rss_mb() - base
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
-    return dict(mode=mode, seconds=round(statistics.median(times), 4), peak_mib=round(peak, 1),
-                tokens=batch["input_ids"].shape[1], llm_layers=cfg.text_config.num_hidden_layers, captured=len(layers))
-
-# %% ../nbs/03_attention.ipynb #673b8915
-def compare_capture_cost(modes=("none", "capture", "eager"), # modes to measure, each in a fresh process
-                         **kwargs, # passed to `step_cost`
-                        ) -> list[dict]:
-    "Run `step_cost` for each mode in its own Python process (so peak memory is the step's alone)."
-    import json, subprocess, sys
-    rows = []
-    for mode in modes:
-        code = f"import json; from compodistill.attention import step_cost; print(json.dumps(step_cost({mode!r}, **{kwargs!r})))"
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if r.returncode: raise RuntimeError(f"step_cost({mode!r}) failed:\n{r.stderr[-2000:]}")
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    return rows

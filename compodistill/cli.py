@@ -16,6 +16,8 @@ from fastcore.imports import IN_NOTEBOOK
 from PIL import Image, ImageDraw
 
 from .analysis import analyze_command
+from .bench import bench_command
+from .reproduce import reproduce_command
 from .evaluate import eval_command
 from .checkpoints import (assemble_llava, load_llava, make_processor, save_llava, save_random_parts,
                                       word_tokenizer)
@@ -113,7 +115,7 @@ def answer(model, # a LLaVA model
     enc = processor(images=image, text=processor.apply_chat_template(msgs, add_generation_prompt=True),
                     return_tensors="pt").to(model.device)
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=processor.tokenizer.pad_token_id)
+                         pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=processor.tokenizer.eos_token_id)
     return processor.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 def chat_command(argv:list[str]|None=None, # command-line arguments after `chat`
@@ -133,7 +135,8 @@ def chat_command(argv:list[str]|None=None, # command-line arguments after `chat`
 
 # %% ../nbs/09_cli.ipynb #15774184
 COMMANDS = {"models": models_command, "train": train_command, "pipeline": pipeline_command,
-            "analyze": analyze_command, "eval": eval_command, "export": export_command, "chat": chat_command}
+            "analyze": analyze_command, "eval": eval_command, "export": export_command, "chat": chat_command,
+            "bench": bench_command, "reproduce": reproduce_command}
 
 def main(argv:list[str]|None=None, # arguments (default: `sys.argv[1:]`)
         ):

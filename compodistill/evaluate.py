@@ -70,7 +70,7 @@ class LlavaAnswerer:
         "Greedy replies, one per (image, prompt)."
         enc = self._encode(images, prompts)
         out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  pad_token_id=self.tok.pad_token_id)
+                                  pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id)  # stop at the answer's end
         return self.tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     @torch.no_grad()

@@ -83,8 +83,8 @@ MOBILELLAMA_1_4B = _llama(2048, 5632, 24, 16, hub_id="mtgv/MobileLLaMA-1.4B-Base
 PRESETS = {p.name: p for p in [
     PairPreset("tiny", _siglip(32, 64, 2, 2, 32, 8), _qwen2(64, 128, 6, 4, 2, vocab=128, max_pos=512),
                _qwen2(32, 64, 4, 2, 1, vocab=128, max_pos=512), "unit tests: 16 visual tokens, builds in milliseconds"),
-    PairPreset("small", _siglip(128, 256, 3, 4, 64, 8), _qwen2(192, 512, 12, 6, 2, vocab=256, max_pos=1024),
-               _qwen2(96, 256, 6, 3, 1, vocab=256, max_pos=1024),
+    PairPreset("small", _siglip(128, 256, 3, 4, 64, 8), _qwen2(128, 384, 8, 4, 2, vocab=256, max_pos=1024),
+               _qwen2(64, 192, 4, 2, 1, vocab=256, max_pos=1024),
                "small-scale reproduction on the synthetic world: 64 visual tokens, CPU-trainable"),
     PairPreset("full", SIGLIP_SO400M, QWEN15_4B, QWEN15_1_8B, "the paper's pair: Qwen1.5-4B → Qwen1.5-1.8B"),
     PairPreset("full-7b-teacher", SIGLIP_SO400M, QWEN25_7B, QWEN15_1_8B,

@@ -14,8 +14,8 @@ import yaml
 from .train import STAGE_DONE, parse_stage_config, run_stage
 
 # %% auto #0
-__all__ = ['Pipeline', 'resolve', 'stage_values', 'stage_order', 'build_init', 'copy_vision', 'check_stage', 'run_pipeline',
-           'pipeline_command']
+__all__ = ['Pipeline', 'stage_dir', 'init_dir', 'resolve', 'stage_values', 'stage_order', 'build_init', 'prepare_world',
+           'copy_vision', 'check_stage', 'run_pipeline', 'add_pipeline_source', 'pipeline_path', 'pipeline_command']
 
 # %% ../nbs/08a_pipeline.ipynb #1fbe0799
 @dataclass
@@ -26,40 +26,65 @@ class Pipeline:
     init: dict  # how to build the starting checkpoints: {"preset": ..., "vocab": ...} or {"teacher_llm", "student_llm", "vision"}
     stages: dict  # stage name -> StageConfig/TrainingArguments keys (before `defaults` and references are applied)
     defaults: dict = field(default_factory=dict)  # keys applied to every stage unless it sets them
+    world: dict|None = None  # `write_world` settings: the synthetic world is written into `data_root` first
+    seed: int = 0  # seed of the starting models and of every stage's training
+    shared_root: Path|None = None  # where the shared stages and the teacher's starting checkpoint go
+    shared_stages: tuple = ()  # stages shared by every seed's run, trained with `file_seed`
+    file_seed: int = 0  # the file's own seed (before a `seed=` override)
 
     @classmethod
     def from_yaml(cls, path:str|Path, # the pipeline file
-                  **overrides, # root=..., data_root=... (strings)
+                  **overrides, # root=..., data_root=..., seed=... (strings)
                  ) -> "Pipeline":
-        "Read a pipeline file; `root` and `data_root` are relative to the current directory."
+        "Read a pipeline file; `root` and `data_root` are relative to the current directory, `{seed}` in `root` is the seed."
         path = Path(path)
         if not path.is_file(): raise FileNotFoundError(f"pipeline file {path} not found")
         raw = {**(yaml.safe_load(path.read_text()) or {}), **overrides}
-        unknown = set(raw) - {"root", "data_root", "init", "stages", "defaults"}
+        unknown = set(raw) - {"root", "data_root", "init", "stages", "defaults", "world", "seed", "shared"}
         if unknown: raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
         for key in ("root", "init", "stages"):
             if key not in raw: raise ValueError(f"{path}: missing key {key!r}")
-        return cls(Path(raw["root"]), Path(raw.get("data_root", ".")), raw["init"], raw["stages"], raw.get("defaults", {}))
+        try: seed, file_seed = int(raw.get("seed", 0)), int(yaml.safe_load(path.read_text()).get("seed", 0))
+        except ValueError: raise ValueError(f"{path}: seed must be an integer, got {raw['seed']!r}") from None
+        shared = raw.get("shared") or {}
+        if shared and (set(shared) != {"root", "stages"} or set(shared["stages"]) - set(raw["stages"])):
+            raise ValueError(f"{path}: shared needs root and stages (names of stages), got {shared}")
+        return cls(Path(str(raw["root"]).replace("{seed}", str(seed))), Path(raw.get("data_root", ".")), raw["init"],
+                   raw["stages"], raw.get("defaults", {}), raw.get("world"), seed,
+                   Path(shared["root"]) if shared else None, tuple(shared.get("stages", ())), file_seed)
 
 # %% ../nbs/08a_pipeline.ipynb #7043c4df
+def stage_dir(pipe:Pipeline, # the pipeline
+              name:str, # a stage name
+             ) -> Path:
+    "The output folder of a stage: under the shared root for shared stages, else under `root`."
+    return (pipe.shared_root if name in pipe.shared_stages else pipe.root) / name
+
+def init_dir(pipe:Pipeline, # the pipeline
+             role:str, # "teacher" or "student"
+            ) -> Path:
+    "The starting checkpoint of a role: the teacher's is shared when the pipeline shares stages."
+    return (pipe.shared_root if pipe.shared_stages and role == "teacher" else pipe.root) / "init" / role
+
 def resolve(pipe:Pipeline, # the pipeline
             value, # a config value, possibly "@init/<name>", "@<stage>" or "@data/<path>"
            ):
     "A config value with its reference replaced by a path (other values unchanged)."
     if not isinstance(value, str) or not value.startswith("@"): return value
     head, _, rest = value[1:].partition("/")
-    if head == "init": return str(pipe.root / "init" / rest)
+    if head == "init": return str(init_dir(pipe, rest))
     if head == "data": return str(pipe.data_root / rest)
     if head not in pipe.stages: raise ValueError(f"reference {value!r}: no stage {head!r} (stages: {', '.join(pipe.stages)})")
-    return str(pipe.root / head / "model")
+    return str(stage_dir(pipe, head) / "model")
 
 def stage_values(pipe:Pipeline, # the pipeline
                  name:str, # a stage name
                 ) -> dict:
     "The resolved keys of one stage: defaults (for training stages), then its own, references replaced, output_dir set."
     own = pipe.stages[name]
-    values = own if "copy_vision_from" in own else {**pipe.defaults, **own}
-    return {**{k: resolve(pipe, v) for k, v in values.items()}, "output_dir": str(pipe.root / name)}
+    seed = pipe.file_seed if name in pipe.shared_stages else pipe.seed
+    values = own if "copy_vision_from" in own else {"seed": seed, **pipe.defaults, **own}
+    return {**{k: resolve(pipe, v) for k, v in values.items()}, "output_dir": str(stage_dir(pipe, name))}
 
 # %% ../nbs/08a_pipeline.ipynb #9f469957
 def stage_order(pipe:Pipeline, # the pipeline
@@ -80,14 +105,17 @@ def build_init(pipe:Pipeline, # the pipeline
     "Write the starting checkpoints `<root>/init/{teacher,student}` unless they exist; return their paths."
     from compodistill.checkpoints import assemble_llava, make_processor, save_llava, word_tokenizer
     from compodistill.models import build_pair
-    out = {r: pipe.root / "init" / r for r in ("teacher", "student")}
+    out = {r: init_dir(pipe, r) for r in ("teacher", "student")}
     if all((p / "config.json").is_file() for p in out.values()): return out
     spec = pipe.init
     if "preset" in spec:
         vocab = Path(resolve(pipe, spec["vocab"]))
         if not vocab.is_file(): raise FileNotFoundError(f"init.vocab: {vocab} not found")
-        tok = word_tokenizer(json.loads(vocab.read_text()))
-        teacher, student = build_pair(spec["preset"], len(tok), tok.image_token_id, seed=spec.get("seed", 0))
+        words = json.loads(vocab.read_text())
+        tok = word_tokenizer(words["vocab"] if isinstance(words, dict) else words)  # a word list, or world.json
+        pair = lambda seed: build_pair(spec["preset"], len(tok), tok.image_token_id, seed=seed)
+        teacher, student = pair(pipe.seed)
+        if pipe.shared_stages: teacher = pair(pipe.file_seed)[0]  # the same shared teacher whatever the seed
         models = {"teacher": teacher, "student": student}
         procs = {r: make_processor(tok, m.config.vision_config) for r, m in models.items()}
     else:
@@ -96,8 +124,24 @@ def build_init(pipe:Pipeline, # the pipeline
         student, s_proc = assemble_llava(spec["student_llm"], spec["vision"])
         teacher, t_proc = assemble_llava(spec["teacher_llm"], spec["vision"], tokenizer=s_proc.tokenizer)
         models, procs = {"teacher": teacher, "student": student}, {"teacher": t_proc, "student": s_proc}
-    for r in models: save_llava(models[r], procs[r], out[r])
+    for r in models:
+        if not (out[r] / "config.json").is_file(): save_llava(models[r], procs[r], out[r])  # a shared one may exist
     return out
+
+# %% ../nbs/08a_pipeline.ipynb #f8348e9f
+def prepare_world(pipe:Pipeline, # the pipeline
+                 ) -> Path|None:
+    "Write the pipeline's synthetic world into `data_root` unless it is there with the same settings; its `world.json`."
+    if not pipe.world: return None
+    from compodistill.world import write_world
+    manifest = pipe.data_root / "world.json"
+    if manifest.is_file():
+        found = json.loads(manifest.read_text())
+        if diff := {k: (v, found.get(k)) for k, v in pipe.world.items() if found.get(k) != v}:
+            raise ValueError(f"{manifest} was written with other settings (pipeline, found): {diff}; "
+                             "use another data_root or remove that world")
+        return manifest
+    return write_world(pipe.data_root, **pipe.world)["world"]
 
 # %% ../nbs/08a_pipeline.ipynb #45c8be32
 def copy_vision(source:str|Path, # checkpoint whose vision tower to take
@@ -142,11 +186,11 @@ def run_pipeline(pipe:Pipeline, # the pipeline
     if unknown: raise ValueError(f"unknown stages {unknown}; stages: {', '.join(pipe.stages)}")
     order = stage_order(pipe)
     for name in order: check_stage(pipe, name)  # every stage is checked before any work starts
-    if not dry_run: build_init(pipe)
+    if not dry_run: prepare_world(pipe); build_init(pipe)
     status = []
     for name in order:
         if only and name not in only: continue
-        if (pipe.root / name / STAGE_DONE).is_file(): status.append((name, "done")); continue
+        if (stage_dir(pipe, name) / STAGE_DONE).is_file(): status.append((name, "done")); continue
         if dry_run: status.append((name, "would run")); continue
         values = stage_values(pipe, name)
         if "copy_vision_from" in values: copy_vision(values["copy_vision_from"], values["model"], values["output_dir"])
@@ -155,22 +199,32 @@ def run_pipeline(pipe:Pipeline, # the pipeline
     return status
 
 # %% ../nbs/08a_pipeline.ipynb #3c6585d3
+def add_pipeline_source(ap, # an `argparse.ArgumentParser`
+                       ):
+    "Add the options that name a pipeline file: `--scale NAME` (a shipped one) or `--config FILE`."
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--scale", help="a shipped pipeline: configs/<scale>/pipeline.yaml (tiny, small, full)")
+    src.add_argument("--config", help="a pipeline file")
+
+def pipeline_path(args, # parsed arguments of a parser with `add_pipeline_source`
+                 ) -> Path:
+    "The pipeline file the arguments name."
+    return Path(args.config or Path("configs") / args.scale / "pipeline.yaml")
+
 def pipeline_command(argv:list[str]|None=None, # command-line arguments after `pipeline`
                     ):
     "`compodistill pipeline`: run (or list) the stages of a pipeline that are not complete, in order."
     import argparse
     ap = argparse.ArgumentParser(prog="compodistill pipeline", description=pipeline_command.__doc__)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--scale", help="a shipped pipeline: configs/<scale>/pipeline.yaml (tiny, small, full)")
-    src.add_argument("--config", help="a pipeline file")
+    add_pipeline_source(ap)
     ap.add_argument("--only", nargs="+", default=None, help="run only these stages")
     ap.add_argument("--dry-run", action="store_true", help="list what would run")
     ap.add_argument("--print-commands", action="store_true", help="print one training command per stage to run")
-    ap.add_argument("settings", nargs="*", metavar="root=DIR|data_root=DIR")
+    ap.add_argument("settings", nargs="*", metavar="root=DIR|data_root=DIR|seed=N")
     args = ap.parse_args(argv)
-    path = Path(args.config or Path("configs") / args.scale / "pipeline.yaml")
-    bad = [s for s in args.settings if s.partition("=")[0] not in ("root", "data_root")]
-    if bad: ap.error(f"only root=... and data_root=... may be set here, got {bad}")
+    path = pipeline_path(args)
+    bad = [s for s in args.settings if s.partition("=")[0] not in ("root", "data_root", "seed")]
+    if bad: ap.error(f"only root=..., data_root=... and seed=... may be set here, got {bad}")
     pipe = Pipeline.from_yaml(path, **dict(s.split("=", 1) for s in args.settings))
     if args.print_commands:
         for name, state in run_pipeline(pipe, args.only, dry_run=True):

@@ -36,6 +36,7 @@ class Stage:
     taf: bool  # the student uses the teacher's projector (TAF)
 
 STAGES = {s.name: s for s in [
+    Stage("lm", ("llm",), kd=False, vat=False, taf=False),
     Stage("pretrain", ("projector",), kd=False, vat=False, taf=False),
     Stage("finetune", ("lora", "projector"), kd=False, vat=False, taf=False),
     Stage("dpt", ("adapter",), kd=True, vat=False, taf=True),
@@ -65,14 +66,14 @@ def setup_stage(model, # the LLaVA model to train (modified in place)
                 lora_alpha:int=256, # LoRA alpha (paper: 256)
                 seed:int=0, # seed of new parameters (adapter, LoRA)
                ):
-    "Freeze the model, attach TAF / LoRA as the stage needs, and unfreeze exactly the trainable parts; return the model."
+    "Freeze the model, attach TAF and LoRA as the stage needs (no LoRA when the whole LLM trains), unfreeze exactly the trainable parts."
     if taf and not isinstance(model.model.multi_modal_projector, TAFProjector):
         if teacher is None: raise ValueError("TAF needs the teacher whose projector it fetches")
         attach_taf(model, teacher, seed)
     model.requires_grad_(False)
     others = [p for p in trains if p != "lora"]
     for part in others: _unfreeze(model, part)  # checks the parts even when peft takes them over below
-    if "lora" not in trains: return model
+    if "lora" not in trains or "llm" in trains: return model  # the whole LLM trains: no LoRA on top of it
     model.requires_grad_(False)
     torch.manual_seed(seed)
     cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS,
@@ -166,12 +167,12 @@ def last_complete_checkpoint(output_dir:str|Path, # a run's output directory
 @dataclass
 class StageConfig:
     "What one training stage trains, from what, on what, with which losses (the optimisation is in TrainingArguments)."
-    stage: str = field(metadata={"help": "pretrain | finetune | dpt | dft | sft"})
+    stage: str = field(metadata={"help": "lm | pretrain | finetune | dpt | dft | sft"})
     model: str = field(metadata={"help": "checkpoint directory of the model to train (the previous stage's output)"})
     data: str = field(metadata={"help": "LLaVA-format JSON/JSONL training file"})
     teacher: str | None = field(default=None, metadata={"help": "teacher checkpoint (needed for KD, VAT and TAF)"})
     image_folder: str | None = field(default=None, metadata={"help": "folder image paths are relative to (default: the data file's)"})
-    template: str | None = field(default=None, metadata={"help": "chat | plain (default: plain for pretrain/dpt, chat otherwise)"})
+    template: str | None = field(default=None, metadata={"help": "chat | plain (default: plain for lm/pretrain/dpt, chat otherwise)"})
     max_length: int = field(default=1536, metadata={"help": "maximum tokens per sample (image tokens included)"})
     on_error: str = field(default="raise", metadata={"help": "bad records: raise | skip (skipped records are counted and reported)"})
     ignore_keys: list[str] = field(default_factory=list, metadata={"help": "record keys to accept and ignore besides id, image, conversations"})
@@ -198,7 +199,7 @@ class StageConfig:
         st = STAGES[self.stage]
         taf = st.taf if self.taf is None else self.taf
         trains = [("adapter" if taf else "projector") if p == "adapter" else p for p in st.trains]
-        return dict(template=self.template or ("plain" if self.stage in ("pretrain", "dpt") else "chat"), taf=taf,
+        return dict(template=self.template or ("plain" if self.stage in ("lm", "pretrain", "dpt") else "chat"), taf=taf,
                     kd_weight=float(st.kd) if self.kd_weight is None else self.kd_weight,
                     vat_weight=float(st.vat) if self.vat_weight is None else self.vat_weight,
                     trains=trains + [p for p in self.also_train if p not in trains])
@@ -239,8 +240,9 @@ def _typed(data:dict) -> dict:
     def convert(key, value):
         kind = kinds.get(key, "")
         if not isinstance(value, str) or kind.startswith("str"): return value
-        value = yaml.safe_load(value)
-        return float(value) if isinstance(value, str) and "float" in kind else value
+        read = yaml.safe_load(value)
+        if isinstance(read, bool) and value.lower() not in ("true", "false"): return value  # save_strategy: "no"
+        return float(read) if isinstance(read, str) and "float" in kind else read
     return {k: convert(k, v) for k, v in data.items()}
 
 def parse_stage_config(path:str|Path|None=None, # YAML file with StageConfig and TrainingArguments keys

@@ -18,13 +18,15 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from .checkpoints import IMAGE_TOKEN
+from .evaluate import CHOICE_PROMPT, MATCH_PROMPT
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'PLURALS', 'SIZES', 'RELATIONS', 'OPPOSITE', 'NUMBERS', 'PAIRS', 'DEFAULT_HELDOUT', 'GRID',
-           'BACKGROUND', 'RECOGNITION', 'PERCEPTION', 'QUESTIONS', 'NEGATIVE_TYPES', 'TRAIN_FILES', 'EVAL_FILES',
-           'WORLD_VOCAB', 'Obj', 'relations', 'Scene', 'sample_scene', 'Desc', 'name', 'Claim', 'holds',
+           'BACKGROUND', 'RECOGNITION', 'PERCEPTION', 'QUESTIONS', 'NEGATIVE_TYPES', 'FORMATS', 'TRAIN_FILES',
+           'EVAL_FILES', 'WORLD_VOCAB', 'Obj', 'relations', 'Scene', 'sample_scene', 'Desc', 'name', 'Claim', 'holds',
            'caption_claims', 'caption_text', 'mentions', 'ask', 'instruct_turns', 'llava_record', 'relation_claim',
-           'negatives', 'winoground_pair', 'World', 'build_world', 'write_world', 'balance']
+           'negatives', 'winoground_pair', 'format_turn', 'World', 'build_world', 'text_records', 'write_world',
+           'balance']
 
 # %% ../nbs/02_world.ipynb #204c86fa
 COLOURS = {"red": (230, 40, 40), "green": (40, 180, 60), "blue": (40, 90, 245), "yellow": (245, 215, 30),
@@ -327,8 +329,9 @@ def negatives(rng:random.Random, # random state
                "replace_rel": [Claim(s, OPPOSITE[r], o)],
                "replace_obj": [Claim(Desc(s.colour, sh), r, o) for sh in absent] +
                               [Claim(s, r, Desc(o.colour, sh)) for sh in absent]}
-    false = {k: [c for c in cs if not holds(c, scene) and not mentions(c.text, forbidden)] for k, cs in options.items()}
-    return {k: rng.choice(cs) for k, cs in false.items() if cs}
+    ok = lambda c: not holds(c, scene) and not mentions(c.text, forbidden)
+    picks = {k: next((c for c in rng.sample(cs, len(cs)) if ok(c)), None) for k, cs in options.items()}  # a random valid one
+    return {k: c for k, c in picks.items() if c is not None}
 
 # %% ../nbs/02_world.ipynb #e2becdc7
 def winoground_pair(rng:random.Random, # random state
@@ -354,6 +357,25 @@ def winoground_pair(rng:random.Random, # random state
             return other, c0, c1, kind
 
 # %% ../nbs/02_world.ipynb #0c1c7e90
+FORMATS = ("caption_choice", "caption_match")  # the evaluator's question formats (10_eval)
+
+def format_turn(rng:random.Random, # random state
+                scene:Scene, # the scene the question is about
+                forbidden=(), # (colour, shape) pairs the captions must not mention
+               ) -> tuple[str, str, str]|None:
+    "A caption-choice (answer A or B) or caption-match (yes or no) question with a hard negative, and its format."
+    positive = relation_claim(rng, scene)
+    if positive is None or mentions(positive.text, forbidden) or not (negs := negatives(rng, scene, positive, forbidden)):
+        return None
+    negative = negs[rng.choice(sorted(negs))]
+    if rng.random() < .5:
+        first = rng.random() < .5
+        a, b = (positive, negative) if first else (negative, positive)
+        return CHOICE_PROMPT.format(a=a.text, b=b.text), "A" if first else "B", "caption_choice"
+    true = rng.random() < .5
+    return MATCH_PROMPT.format(caption=(positive if true else negative).text), "yes" if true else "no", "caption_match"
+
+# %% ../nbs/02_world.ipynb #c90d7fbb
 TRAIN_FILES = ("train_captions", "train_instruct")  # the files the model is trained on
 EVAL_FILES = ("recognition", "perception", "caption_matching", "winoground")  # per evaluation split
 
@@ -372,6 +394,8 @@ def _train_split(rng, n, heldout):
         scenes[scene.id], image = scene, f"images/{scene.id}.png"
         captions.append(llava_record(f"{scene.id}_caption", image, [("", caption_text(caption_claims(rng, scene)))]))
         turns = instruct_turns(rng, scene, heldout)
+        if (fmt := format_turn(rng, scene, heldout)) and rng.random() < .75:
+            turns.insert(rng.randint(0, len(turns)), fmt)  # anywhere, first too: the evaluator asks it first
         instruct.append({**llava_record(f"{scene.id}_qa", image, [t[:2] for t in turns]),
                          "categories": [t[2] for t in turns]})
     return scenes, {"train_captions": captions, "train_instruct": instruct}
@@ -417,8 +441,9 @@ def build_world(seed:int=0, # the world is a function of the seed (and the sizes
 
 # %% ../nbs/02_world.ipynb #5ef3e3f2
 _TEMPLATE_WORDS = "a an and are colour how image is many object objects shape shows size that the there what which"
+_PROMPT_WORDS = re.findall(r"\w+|[^\w\s]", (CHOICE_PROMPT.format(a="", b="") + MATCH_PROMPT.format(caption="")).lower())
 WORLD_VOCAB = sorted({*COLOURS, *SHAPES, *PLURALS.values(), *SIZES, *NUMBERS, *" ".join(RELATIONS).split(),
-                      *_TEMPLATE_WORDS.split(), "yes", "no", ".", ",", "?"})
+                      *_TEMPLATE_WORDS.split(), *_PROMPT_WORDS, "yes", "no", ".", ",", "?"})
 
 # %% ../nbs/02_world.ipynb #63e2a573
 def _write_atomic(path:Path, write):
@@ -426,6 +451,17 @@ def _write_atomic(path:Path, write):
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+def text_records(files:dict, # file stem -> records, with `train_captions` and `train_instruct`
+                ) -> list[dict]:
+    "The training files' text without images: each caption, and each question followed by its answer."
+    texts = [(r["id"], r["conversations"][1]["value"]) for r in files["train_captions"]]
+    for r in files["train_instruct"]:
+        turns = r["conversations"]
+        texts += [(f"{r['id']}{j // 2}", f"{turns[j]['value'].replace('<image>', '').strip()} {turns[j + 1]['value']}")
+                  for j in range(0, len(turns), 2)]
+    return [{"id": f"{i}_text", "conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": t}]}
+            for i, t in texts]
 
 def write_world(out_dir:str|Path, # folder to write into (created if missing)
                 *,
@@ -443,8 +479,10 @@ def write_world(out_dir:str|Path, # folder to write into (created if missing)
         _write_atomic(out / "images" / f"{s.id}.png", lambda p: s.render(image_size).save(p, format="PNG"))
     files = {**world.files, "train_instruct": [{k: v for k, v in r.items() if k != "categories"}
                                                for r in world.files["train_instruct"]],
-             "train_instruct_categories": {r["id"]: r["categories"] for r in world.files["train_instruct"]}}
-    files["world"] = dict(seed=seed, image_size=image_size, heldout=[list(p) for p in world.heldout],
+             "train_instruct_categories": {r["id"]: r["categories"] for r in world.files["train_instruct"]},
+             "train_text": text_records(world.files)}
+    files["world"] = dict(seed=seed, n_train=n_train, n_eval=n_eval, n_heldout=n_heldout, image_size=image_size,
+                          heldout=[list(p) for p in world.heldout],
                           counts={k: len(v) for k, v in files.items()}, vocab=WORLD_VOCAB)
     paths = {stem: out / f"{stem}.json" for stem in files}
     for stem, data in files.items():

@@ -44,7 +44,7 @@ def test_pipeline_runs_in_dependency_order_skips_done_and_resumes(tmp_path, toy_
 def test_pipeline_checks_every_stage_before_any_work(tmp_path, toy_world):
     pipe = _write(tmp_path, toy_world, teacher=STAGES["teacher"],
                   dft={**STAGES["dft"], "model": "@init/student", "learning_rat": 1})
-    with pytest.raises(ValueError, match="stage .dft.: unknown keys \[.learning_rat.\]"): run_pipeline(pipe)
+    with pytest.raises(ValueError, match=r"stage .dft.: unknown keys \[.learning_rat.\]"): run_pipeline(pipe)
     assert not (tmp_path / "runs" / "init").exists()
     pipe = _write(tmp_path / "b", toy_world, a=dict(stage="sft", model="@b", data="@data/train.json"),
                   b=dict(stage="sft", model="@a", data="@data/train.json"))
@@ -64,7 +64,7 @@ def test_pipeline_command_dry_run_and_commands(tmp_path, toy_world):
     assert r.returncode == 0 and r.stdout.count("accelerate launch -m compodistill.cli train") == 1
     assert "stage=dpt" in r.stdout and f"output_dir={tmp_path / 'runs' / 'dpt'}" in r.stdout
     r = subprocess.run(cli + ["bogus=1"], capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0 and "only root=... and data_root=..." in r.stderr
+    assert r.returncode != 0 and "only root=..., data_root=... and seed=..." in r.stderr
 
 
 def test_the_shipped_full_pipeline_is_valid(tmp_path):
@@ -76,3 +76,67 @@ def test_the_shipped_full_pipeline_is_valid(tmp_path):
     order = stage_order(pipe)
     assert order.index("teacher") < order.index("dpt") < order.index("dft") < order.index("sft")
     assert pipe.init["teacher_llm"] == "Qwen/Qwen1.5-4B" and pipe.init["student_llm"] == "Qwen/Qwen1.5-1.8B"
+
+
+def _shipped(name):
+    return Path(__file__).resolve().parent.parent / "configs" / name / "pipeline.yaml"
+
+
+def test_the_shipped_small_pipeline_is_valid_and_seeded(tmp_path):
+    """configs/small: every stage checks out, the seed reaches the root, the starting models and every stage."""
+    pipe = Pipeline.from_yaml(_shipped("small"), data_root=str(tmp_path / "world"), seed="2")
+    assert pipe.root == Path("runs/small/seed2") and pipe.seed == 2 and pipe.world["n_train"] == 3000
+    assert pipe.shared_root == Path("runs/small/shared")
+    pipe.root, pipe.shared_root = tmp_path / "seed2", tmp_path / "shared"  # independent of runs/ in the checkout
+    status = run_pipeline(pipe, dry_run=True)
+    assert len(status) == 17 and {s for _, s in status} == {"would run"}
+    assert not (tmp_path / "world").exists()  # a dry run writes nothing
+    from compodistill.pipeline import stage_values
+    assert stage_values(pipe, "dft")["seed"] == 2 and "seed" not in stage_values(pipe, "student_base")
+    order = stage_order(pipe)
+    assert order.index("teacher_lm") < order.index("teacher_pretrain") < order.index("student_base") < order.index("dpt")
+    tiny, small = (yaml.safe_load(_shipped(n).read_text()) for n in ("tiny", "small"))
+    budget = ("max_steps", "per_device_train_batch_size", "learning_rate")
+    assert tiny["stages"] == {n: {k: v for k, v in st.items() if k not in budget} for n, st in small["stages"].items()}
+    assert tiny["shared"]["stages"] == small["shared"]["stages"] == ["teacher_lm", "teacher_pretrain", "teacher"]
+    with pytest.raises(ValueError, match="seed must be an integer"): Pipeline.from_yaml(_shipped("small"), seed="x")
+
+
+def test_the_tiny_pipeline_runs_from_nothing(tmp_path):
+    """configs/tiny end to end: the world is written, every stage of the small shape runs, the seed separates runs,
+    and a world written with other settings is refused."""
+    from compodistill.pipeline import prepare_world
+    def tiny(seed):
+        pipe = Pipeline.from_yaml(_shipped("tiny"), root=str(tmp_path / "seed{seed}"), data_root=str(tmp_path / "world"),
+                                  seed=str(seed))
+        pipe.shared_root = tmp_path / "shared"
+        return pipe
+    pipe = tiny(3)
+    assert pipe.root == tmp_path / "seed3"
+    status = run_pipeline(pipe)
+    assert len(status) == 17 and {s for _, s in status} == {"ran"}
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["init", "teacher", "teacher_lm", "teacher_pretrain"]
+    again = run_pipeline(tiny(4))  # another seed: the shared teacher is reused, every student stage runs
+    assert [n for n, s in again if s == "done"] == ["teacher_lm", "teacher_pretrain", "teacher"]
+    assert json.loads((tmp_path / "seed4" / "dft" / "config.json").read_text())["training"]["seed"] == 4
+    assert json.loads((tmp_path / "shared" / "teacher" / "config.json").read_text())["training"]["seed"] == 0
+    manifest = json.loads((tmp_path / "world" / "world.json").read_text())
+    assert manifest["n_train"] == 48 and manifest["counts"]["train_text"] > 96
+    for name, _ in status:
+        done = json.loads(((tmp_path / "shared" if name.startswith("teacher") else tmp_path / "seed3") / name / STAGE_DONE).read_text())
+        assert done["stage"] == "copy_vision" if name == "student_base" else done["steps"] == 3, name
+    resolved = json.loads((tmp_path / "seed3" / "dft" / "config.json").read_text())
+    assert resolved["training"]["seed"] == 3 and resolved["resolved"]["vat_weight"] == 1
+    lm = json.loads((tmp_path / "shared" / "teacher_lm" / "config.json").read_text())["resolved"]
+    assert lm["trains"] == ["llm"] and lm["template"] == "plain"
+    from compodistill.checkpoints import load_llava
+    t, _ = load_llava(tmp_path / "shared" / "teacher_pretrain" / "model")
+    s, _ = load_llava(tmp_path / "seed3" / "dft" / "model")
+    i, _ = load_llava(tmp_path / "shared" / "init" / "teacher")
+    for (n, a), b, c in zip(t.model.vision_tower.state_dict().items(), s.model.vision_tower.state_dict().values(),
+                            i.model.vision_tower.state_dict().values()):
+        assert (a == b).all(), n  # the students see through the teacher's trained tower
+    assert any((a != c).any() for a, c in zip(t.model.vision_tower.parameters(), i.model.vision_tower.parameters()))
+    other = Pipeline.from_yaml(_shipped("tiny"), root=str(tmp_path / "x"), data_root=str(tmp_path / "world"))
+    other.world = {**other.world, "n_train": 50}
+    with pytest.raises(ValueError, match="written with other settings"): prepare_world(other)

@@ -75,7 +75,11 @@ def test_stage_trainable_parts(tok):
     assert counts["pretrain"] == {"vision": 0, "projector": 32 * 32 + 32 + 32 * 32 + 32, "llm": 0, "lm_head": 0}
     assert counts["dpt"]["projector"] == 64 * 32 + 32 and counts["dpt"]["llm"] == 0   # the adapter only
     assert counts["dft"]["llm"] > 0 and counts["dft"]["projector"] == counts["dpt"]["projector"]
-    assert all(c["vision"] == 0 and c["lm_head"] == 0 for c in counts.values())
+    student = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)[1]
+    assert counts["lm"]["llm"] == sum(p.numel() for p in student.model.language_model.parameters())  # the whole LLM
+    assert counts["lm"]["projector"] == 0 and counts["lm"]["lm_head"] > 0 and counts["lm"]["llm"] > counts["dft"]["llm"]
+    assert all(c["vision"] == 0 for c in counts.values())
+    assert all(c["lm_head"] == 0 for n, c in counts.items() if n != "lm")
     assert not any("vision_tower" in n and "lora" in n for n, _ in
                    setup_stage(build_pair("tiny")[1], ("lora",), lora_r=2, lora_alpha=4).named_parameters())
 
@@ -181,10 +185,11 @@ def test_train_command_yaml_and_overrides(toy_world, tmp_path):
     cfg = tmp_path / "dpt.yaml"
     cfg.write_text(yaml.safe_dump({**common, "stage": "dpt", "model": str(tmp_path / "student"),
                                    "output_dir": str(tmp_path / "dpt"), "learning_rate": "2e-3"}))
-    main(["train", "--config", str(cfg), "max_steps=2"])
+    main(["train", "--config", str(cfg), "max_steps=2", "save_strategy=no", "bf16=false"])
     assert json.loads((tmp_path / "dpt" / STAGE_DONE).read_text())["steps"] == 2
     resolved = json.loads((tmp_path / "dpt" / "config.json").read_text())
     assert resolved["training"]["learning_rate"] == 2e-3 and resolved["resolved"]["trains"] == ["adapter"]
+    assert resolved["training"]["save_strategy"] == "no" and resolved["training"]["bf16"] is False  # "no" stays a string
 
 
 def test_two_process_ddp_dft_stage(toy_world, tmp_path):
