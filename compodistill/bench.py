@@ -185,8 +185,8 @@ def bench_ratios(rows:list[dict], # `bench_step` results, one per mode
     for name, targets in TARGETS.items():
         a, b = name.split("/")
         if a not in by or b not in by: continue
-        ratio = dict(time=by[a]["seconds"] / by[b]["seconds"], memory=by[a]["step_mib"] / by[b]["step_mib"],
-                     peak_memory=by[a]["peak_mib"] / by[b]["peak_mib"])
+        div = lambda key: by[a][key] / by[b][key] if by[b][key] > 0 else float("nan")  # nan: nothing measured to divide by
+        ratio = dict(time=div("seconds"), memory=div("step_mib"), peak_memory=div("peak_mib"))
         met = {k: _OPS[op](ratio[k], x) for k, (op, x) in targets.items()}
         out[name] = dict({k: round(v, 3) for k, v in ratio.items()}, targets={k: f"{op} {x}" for k, (op, x) in targets.items()}, met=met)
     return out

@@ -73,6 +73,8 @@ def test_ratios_and_table():
     assert "| vat/kd | 1.10× | 1.20× | 1.04× |" in table and "time yes, memory no" in table
     assert "MFU" not in table and "MFU" in format_table([{**r, "mfu": .4} for r in rows])
     assert "eager/vat" not in bench_ratios(rows[:2])
+    flat = bench_ratios([rows[0], {**rows[1], "step_mib": 0}, rows[2]])  # a step that added no resident memory
+    assert math.isnan(flat["eager/vat"]["memory"]) and flat["eager/vat"]["met"]["memory"] is False
 
 
 def test_command_prints_table_and_writes_json(tmp_path, capsys):
