@@ -5,12 +5,15 @@
 # %% ../nbs/08_training.ipynb #e5cf8af5
 from __future__ import annotations
 
+import copy
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType, extract_model_from_parallel
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments
 
@@ -22,8 +25,9 @@ from .vat import LayerMatching, group_teacher_maps
 
 # %% auto #0
 __all__ = ['STAGES', 'LORA_TARGETS', 'PARTS', 'COMPLETE', 'STAGE_DONE', 'Stage', 'setup_stage', 'trainable_summary',
-           'DistillationTrainer', 'last_complete_checkpoint', 'StageConfig', 'check_inputs', 'parse_stage_config',
-           'run_stage', 'train_command']
+           'DistillationTrainer', 'teacher_deepspeed_config', 'prepare_teacher', 'check_vat_capture',
+           'last_complete_checkpoint', 'StageConfig', 'check_inputs', 'parse_stage_config', 'run_stage',
+           'train_command']
 
 # %% ../nbs/08_training.ipynb #ae9c4745
 @dataclass(frozen=True)
@@ -93,9 +97,10 @@ def trainable_summary(model, # a model after `setup_stage`
 # %% ../nbs/08_training.ipynb #3c0209f9
 @torch.no_grad()
 def _teacher_forward(teacher, inputs:dict, layers):
-    "Teacher logits and (if `layers`) its captured visual maps, without gradients."
+    "Teacher logits and (if `layers`) its captured visual maps, without gradients (`teacher` may be DeepSpeed/FSDP-wrapped)."
     if not layers: return teacher(**inputs).logits, None
-    with capture_visual_attention(teacher, inputs["input_ids"], layers) as cap: out = teacher(**inputs)
+    with capture_visual_attention(extract_model_from_parallel(teacher), inputs["input_ids"], layers) as cap:
+        out = teacher(**inputs)  # the wrapper runs the forward (it gathers sharded weights); the capture reads the layers
     return out.logits, cap.maps
 
 # %% ../nbs/08_training.ipynb #e291cf0d
@@ -110,13 +115,13 @@ class DistillationTrainer(Trainer):
         self.matching = matching if self.objective.vat_weight else None
         if self.matching is not None and teacher is None: raise ValueError("VAT needs a teacher")
         self.teacher, self._terms = None, {}
+        if self.matching is not None: check_vat_capture(getattr(self.accelerator.state, "fsdp_plugin", None), self.args)
         if teacher is not None:
             check_compatible(teacher, self._student())
-            teacher.eval().requires_grad_(False)
-            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+            self.teacher = prepare_teacher(self.accelerator, teacher)
 
     def _student(self):
-        "The student as a plain LLaVA model (unwrapped from DDP and from LoRA)."
+        "The student as a plain LLaVA model (unwrapped from DDP, DeepSpeed, FSDP1 and from LoRA)."
         model = self.accelerator.unwrap_model(self.model)
         return model.get_base_model() if isinstance(model, PeftModel) else model
 
@@ -153,6 +158,51 @@ class DistillationTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
         if self.args.should_save: (folder / COMPLETE).write_text(json.dumps({"step": self.state.global_step}))
+
+# %% ../nbs/08_training.ipynb #933e5252
+def teacher_deepspeed_config(student:dict, # the student's DeepSpeed config (as the Trainer filled it in)
+                             hidden_size:int, # the teacher LLM's hidden size (sizes ZeRO-3's buckets)
+                            ) -> dict:
+    "The frozen teacher's DeepSpeed config: the student's without optimizer and scheduler, ZeRO-3 kept, other stages → 0."
+    cfg = copy.deepcopy(student)
+    for key in ("optimizer", "scheduler"): cfg.pop(key, None)
+    zero = cfg.get("zero_optimization", {})
+    if zero.get("stage", 0) != 3: cfg["zero_optimization"] = {"stage": 0}; return cfg  # a plain replica
+    zero.pop("offload_optimizer", None)
+    sizes = dict(reduce_bucket_size=hidden_size ** 2, stage3_prefetch_bucket_size=int(0.9 * hidden_size ** 2),
+                 stage3_param_persistence_threshold=10 * hidden_size)  # what the Trainer fills in for the student
+    for key, value in sizes.items():
+        if zero.get(key, "auto") == "auto": zero[key] = value
+    return cfg
+
+def prepare_teacher(accelerator, # the Trainer's accelerator: the student's distributed setup
+                    teacher, # the frozen teacher (a plain LLaVA model)
+                   ):
+    "Place the frozen teacher beside the student: a replica under DDP and ZeRO-0/1/2, sharded like the student under ZeRO-3 and FSDP."
+    teacher.eval().requires_grad_(False)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        import deepspeed
+        cfg = teacher_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config,
+                                       teacher.config.get_text_config().hidden_size)
+        teacher = deepspeed.initialize(model=teacher, config=cfg)[0]
+    elif accelerator.is_fsdp2:
+        from accelerate.utils import fsdp2_prepare_model
+        teacher = fsdp2_prepare_model(accelerator, teacher)
+    elif accelerator.distributed_type == DistributedType.FSDP: teacher = accelerator.prepare_model(teacher)
+    else: teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
+    teacher.eval()  # (DeepSpeed's engine.eval() returns None)
+    return teacher
+
+# %% ../nbs/08_training.ipynb #30fad0f5
+def check_vat_capture(fsdp_plugin, # the accelerator's FSDP plugin, or None
+                      args:TrainingArguments, # the run's training arguments
+                     ):
+    "Raise if layers the VAT capture reads would be recomputed in backward by an FSDP wrapper, outside the capture."
+    if fsdp_plugin is None: return
+    if fsdp_plugin.activation_checkpointing or (fsdp_plugin.fsdp_version == 1 and args.activation_checkpointing):
+        raise ValueError("VAT captures attention during the forward pass, and FSDP's activation checkpointing (or "
+                         "checkpointing inside FSDP1 units) recomputes those layers outside it: set "
+                         "fsdp_activation_checkpointing: false and use activation_checkpointing with fsdp_version: 2")
 
 # %% ../nbs/08_training.ipynb #929edbcc
 COMPLETE = "COMPLETE"
@@ -269,6 +319,28 @@ def parse_stage_config(path:str|Path|None=None, # YAML file with StageConfig and
 # %% ../nbs/08_training.ipynb #025b9757
 STAGE_DONE = "stage.json"
 
+@contextmanager
+def _whole_weights(args:TrainingArguments):
+    "Load models unpartitioned even under ZeRO-3 (the stage edits them: TAF, LoRA); DeepSpeed shards them when training starts."
+    plugin = args.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3: yield; return
+    from transformers.integrations import unset_hf_deepspeed_config
+    unset_hf_deepspeed_config()  # else `from_pretrained` loads under `zero.Init`, with empty placeholder weights
+    try: yield
+    finally: plugin.set_deepspeed_weakref()
+
+def _trained_student(trainer, model, rebuild):
+    "The trained student as one plain model, LoRA merged; under ZeRO-3/FSDP gathered into `rebuild()` on the main process (else None)."
+    acc = trainer.accelerator
+    ds = acc.state.deepspeed_plugin if acc.distributed_type == DistributedType.DEEPSPEED else None
+    if acc.distributed_type == DistributedType.FSDP or (ds is not None and ds.zero_stage == 3):
+        state = acc.get_state_dict(trainer.model_wrapped)  # whole weights, on the main process only
+        if not acc.is_main_process: return None
+        model = rebuild()
+        model.load_state_dict(state)
+    else: model = acc.unwrap_model(model)
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
 def run_stage(cfg:StageConfig, # what to train
               args:TrainingArguments, # how to train it (output_dir, optimisation, checkpointing)
              ) -> Path:
@@ -279,12 +351,16 @@ def run_stage(cfg:StageConfig, # what to train
     r, out = check_inputs(cfg), Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dict(stage=asdict(cfg), resolved=r, training=args.to_dict()), indent=1))
-    model, processor = load_llava(cfg.model)
-    teacher = None
-    if cfg.teacher and (r["kd_weight"] or r["vat_weight"] or r["taf"]):
-        teacher, t_processor = load_llava(cfg.teacher)
-        check_compatible(teacher, model, t_processor, processor)  # tokenizers and templates too, before any step
-    model = setup_stage(model, r["trains"], teacher, r["taf"], cfg.lora_r, cfg.lora_alpha, args.seed)
+    def load():
+        "The stage's student (set up: TAF, LoRA, trainable parts), its processor and the teacher."
+        with _whole_weights(args):
+            model, processor = load_llava(cfg.model)
+            teacher = None
+            if cfg.teacher and (r["kd_weight"] or r["vat_weight"] or r["taf"]):
+                teacher, t_processor = load_llava(cfg.teacher)
+                check_compatible(teacher, model, t_processor, processor)  # tokenizers and templates too, before any step
+            return setup_stage(model, r["trains"], teacher, r["taf"], cfg.lora_r, cfg.lora_alpha, args.seed), processor, teacher
+    model, processor, teacher = load()
     data = ConversationDataset(cfg.data, processor, cfg.image_folder, r["template"], cfg.max_length, cfg.on_error,
                                cfg.ignore_keys)
     objective = DistillationLoss(r["kd_weight"], r["vat_weight"], cfg.temperature, vat_reduction=cfg.vat_reduction)
@@ -299,9 +375,9 @@ def run_stage(cfg:StageConfig, # what to train
               + (f", VAT {matching}" if matching else ""))
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(out))
-    if isinstance(model, PeftModel): model = model.merge_and_unload()
+    model = _trained_student(trainer, model, lambda: load()[0])
     if trainer.is_world_process_zero():
-        save_llava(trainer.accelerator.unwrap_model(model), processor, out / "model")
+        save_llava(model, processor, out / "model")
         logs = [l for l in trainer.state.log_history if "loss" in l]
         (out / STAGE_DONE).write_text(json.dumps(dict(
             stage=cfg.stage, global_batch=world, steps=trainer.state.global_step, wall_s=round(time.time() - t0, 1),

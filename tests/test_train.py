@@ -192,23 +192,158 @@ def test_train_command_yaml_and_overrides(toy_world, tmp_path):
     assert resolved["training"]["save_strategy"] == "no" and resolved["training"]["bf16"] is False  # "no" stays a string
 
 
-def test_two_process_ddp_dft_stage(toy_world, tmp_path):
-    """DDP with two CPU processes (gloo), launched by torchrun: the global batch doubles and one model is written."""
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _launch(tmp_path, common, launch_args, timeout=300, **stage):
+    """Run a DFT stage with `accelerate launch <launch_args> -m compodistill.cli train` on the toy world."""
     import os
     import subprocess
     import sys
 
     import yaml
-    common = toy_world(tmp_path)
     cfg = tmp_path / "dft.yaml"
     cfg.write_text(yaml.safe_dump({**common, "stage": "dft", "model": str(tmp_path / "student"),
-                                   "output_dir": str(tmp_path / "dft"), "per_device_train_batch_size": 4}))
+                                   "output_dir": str(tmp_path / "dft"), "per_device_train_batch_size": 4, **stage}))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    return subprocess.run([str(accelerate), "launch", *launch_args, "-m", "compodistill.cli", "train", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+
+
+def _check_two_process_run(r, tmp_path):
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1 and "global batch 8" in r.stdout      # 2 processes x 4 per device
+    done = json.loads((tmp_path / "dft" / STAGE_DONE).read_text())
+    assert done["global_batch"] == 8 and done["last_log"]["loss_vat"] > 0 and done["last_log"]["loss_kd"] > 0
+    final, _ = load_llava(tmp_path / "dft" / "model")
+    assert not any("lora" in n for n, _ in final.named_parameters())            # LoRA merged
+    teacher, _ = load_llava(tmp_path / "teacher")
+    student, _ = load_llava(tmp_path / "student")
+    tp, fp = teacher.model.multi_modal_projector, final.model.multi_modal_projector
+    assert torch.equal(fp.linear_2.weight, tp.linear_2.weight)                  # the teacher's projector stays frozen
+    assert all(torch.equal(v, final.model.vision_tower.state_dict()[k]) for k, v in student.model.vision_tower.state_dict().items())
+    fresh = setup_stage(copy.deepcopy(student), STAGES["dft"].trains, teacher, taf=True, lora_r=4, lora_alpha=8)
+    assert not torch.equal(fp.adapter.weight, _base(fresh).model.multi_modal_projector.adapter.weight)  # trained weights saved
+
+
+def test_two_process_ddp_dft_stage(toy_world, tmp_path):
+    """`accelerate launch` with the shipped DDP config and two CPU processes (gloo): the global batch doubles, one model is written."""
+    common = toy_world(tmp_path)
+    r = _launch(tmp_path, common, ["--config_file", str(ROOT / "configs/accelerate/ddp.yaml"), "--num_processes", "2",
+                                   "--mixed_precision", "no", "--main_process_port", "29533"])
+    _check_two_process_run(r, tmp_path)
+
+
+def _has_deepspeed():
+    import importlib.util
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+@pytest.mark.skipif(not _has_deepspeed(), reason="deepspeed is not installed (not part of the CI install)")
+@pytest.mark.parametrize("config", ["zero2", "zero3"])
+def test_two_process_deepspeed_dft_stage(config, toy_world, tmp_path):
+    """The shipped DeepSpeed configs on two CPU processes: ZeRO-2 (teacher replicated) and ZeRO-3 (teacher sharded, the
+    final model gathered from shards)."""
+    common = toy_world(tmp_path)
+    r = _launch(tmp_path, common, ["--config_file", str(ROOT / f"configs/accelerate/{config}.yaml"), "--num_processes", "2",
+                                   "--mixed_precision", "no", "--main_process_port", "29534"],
+                use_cpu=False, ddp_backend="gloo")  # DeepSpeed on CPU: accelerate needs the backend named
+    _check_two_process_run(r, tmp_path)
+
+
+def test_teacher_deepspeed_config():
+    """The teacher's DeepSpeed config: ZeRO-3 kept (sharded), any other stage → 0 (a replica); never an optimizer."""
+    from compodistill.train import teacher_deepspeed_config
+    student = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
+               "gradient_clipping": 1.0, "bf16": {"enabled": True}, "optimizer": {"type": "AdamW"},
+               "scheduler": {"type": "WarmupLR"},
+               "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"},
+                                     "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+                                     "stage3_param_persistence_threshold": "auto",
+                                     "stage3_gather_16bit_weights_on_model_save": True}}
+    t = teacher_deepspeed_config(student, hidden_size=64)
+    assert "optimizer" not in t and "scheduler" not in t and "optimizer" in student    # the student's is untouched
+    z = t["zero_optimization"]
+    assert z["stage"] == 3 and z["offload_param"] == {"device": "cpu"} and "offload_optimizer" not in z
+    assert (z["reduce_bucket_size"], z["stage3_prefetch_bucket_size"], z["stage3_param_persistence_threshold"]) == (4096, 3686, 640)
+    assert (t["train_batch_size"], t["train_micro_batch_size_per_gpu"], t["gradient_accumulation_steps"]) == (16, 4, 2)
+    assert t["bf16"] == {"enabled": True}
+    assert "auto" not in json.dumps(t)
+    for stage in (0, 1, 2):
+        t = teacher_deepspeed_config({**student, "zero_optimization": {"stage": stage, "offload_optimizer": {"device": "cpu"}}}, 64)
+        assert t["zero_optimization"] == {"stage": 0} and "optimizer" not in t and t["train_batch_size"] == 16
+
+
+def test_single_process_teacher_is_a_frozen_replica(tok, tmp_path):
+    tr = _stage_trainer("dft", tok, tmp_path)
+    assert type(tr.teacher).__name__ == "LlavaForConditionalGeneration" and not tr.teacher.training
+    assert not any(p.requires_grad for p in tr.teacher.parameters())
+    assert {p.device.type for p in tr.teacher.parameters()} == {tr.args.device.type}
+
+
+FSDP_SCRIPT = r"""
+import copy, sys, torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, fsdp2_prepare_model
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+from compodistill.attention import capture_visual_attention
+from compodistill.checkpoints import word_tokenizer
+from compodistill.models import build_pair, dummy_batch
+from compodistill.train import _teacher_forward, prepare_teacher
+
+acc = Accelerator(cpu=True)                                   # MULTI_CPU with gloo
+assert acc.num_processes == 2
+tok = word_tokenizer("what colour is the red blue ?".split())
+torch.manual_seed(0)
+teacher, student = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
+batch = {k: v for k, v in dummy_batch(teacher.config, batch_size=2).items() if k != "labels"}
+ref_logits, ref_maps = _teacher_forward(teacher, batch, [1, 4])
+def student_step(model, plain, sharded=True):
+    "VAT maps of a student's forward pass, and the squared norm of the gradient of logits + maps (summed over shards)."
+    with capture_visual_attention(plain, batch["input_ids"], [0, 2]) as cap: out = model(**batch)
+    maps = cap.stack()
+    (out.logits.float().mean() + maps.sum()).backward()
+    sq = sum((p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad).pow(2).sum() for p in model.parameters()
+             if p.grad is not None)
+    if sharded: torch.distributed.all_reduce(sq)
+    return maps.detach(), sq
+plain = copy.deepcopy(student)
+ref_student = student_step(plain, plain, sharded=False)
+for version in (1, 2):
+    # accelerate turns FSDP on over GPUs only; here its FSDP code runs on CPU by switching the state over by hand
+    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=version, auto_wrap_policy="transformer_based_wrap", use_orig_params=True,
+        transformer_cls_names_to_wrap=["Qwen2DecoderLayer", "SiglipEncoderLayer"])
+    acc.state.distributed_type, acc.state.device = DistributedType.FSDP, torch.device("cpu")  # FSDP1 rejects 'cpu:0'
+    assert acc.is_fsdp2 == (version == 2)
+    t = prepare_teacher(acc, copy.deepcopy(teacher))
+    assert isinstance(t, FSDPModule if version == 2 else FullyShardedDataParallel) and not t.training
+    full = sum(p.numel() for p in teacher.parameters())
+    local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in t.parameters())  # this process's shard
+    assert local < 0.6 * full, (local, full)                    # each process holds about half the teacher
+    logits, maps = _teacher_forward(t, batch, [1, 4])
+    torch.testing.assert_close(logits, ref_logits); torch.testing.assert_close(maps, ref_maps)
+    s = copy.deepcopy(student)
+    s = fsdp2_prepare_model(acc, s) if version == 2 else acc.prepare_model(s)
+    maps, sq = student_step(s, acc.unwrap_model(s))
+    torch.testing.assert_close(maps, ref_student[0]); torch.testing.assert_close(sq, ref_student[1])
+    print(f"fsdp{version} ok", flush=True)
+"""
+
+
+def test_fsdp_teacher_and_vat_capture_on_two_processes(tmp_path):
+    """FSDP1 and FSDP2 on two CPU processes (gloo): the teacher is sharded by accelerate's FSDP code, and the VAT
+    capture through sharded teacher and student gives the unsharded maps. (A whole FSDP stage needs GPUs: accelerate
+    turns FSDP on over GPUs only.)"""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "fsdp_check.py"
+    script.write_text(FSDP_SCRIPT)
     torchrun = Path(sys.executable).parent / "torchrun"
-    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "compodistill.cli",
-                        "train", "--config", str(cfg)], capture_output=True, text=True, timeout=300,
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29535", str(script)],
+                       capture_output=True, text=True, timeout=300,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("wrote ") == 1 and "global batch 8" in r.stdout
-    done = json.loads((tmp_path / "dft" / STAGE_DONE).read_text())
-    assert done["global_batch"] == 8 and done["last_log"]["loss_vat"] > 0
-    assert load_llava(tmp_path / "dft" / "model")[0] is not None
+    assert r.stdout.count("fsdp1 ok") == 2 and r.stdout.count("fsdp2 ok") == 2
