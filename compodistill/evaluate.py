@@ -9,6 +9,7 @@ import json
 import re
 import string
 from collections import defaultdict
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -16,8 +17,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CHOICE_PROMPT', 'MATCH_PROMPT', 'SCORERS', 'parse_choice', 'normalize_answer', 'vqa_score', 'LlavaAnswerer',
-           'score_caption_matching', 'score_winoground', 'score_vqa', 'record_kind', 'load_records', 'evaluate',
+__all__ = ['CHOICE_PROMPT', 'MATCH_PROMPT', 'SCORERS', 'LIKELIHOOD_SCORERS', 'PROTOCOLS', 'parse_choice', 'normalize_answer',
+           'vqa_score', 'LlavaAnswerer', 'score_caption_matching', 'score_winoground', 'score_vqa',
+           'score_caption_likelihood', 'score_winoground_likelihood', 'record_kind', 'load_records', 'evaluate',
            'eval_command']
 
 # %% ../nbs/10_eval.ipynb #f82f37fe
@@ -52,7 +54,7 @@ def vqa_score(prediction:str, # the model's answer
 
 # %% ../nbs/10_eval.ipynb #012b8439
 class LlavaAnswerer:
-    "Greedy answers and yes-probabilities from a LLaVA model and its processor, in left-padded batches."
+    "Greedy answers, yes-probabilities (left-padded batches) and caption log-likelihoods from a LLaVA model."
     def __init__(self, model, processor, max_new_tokens:int=16):
         self.model, self.processor, self.max_new_tokens = model.eval(), processor, max_new_tokens
         self.tok = processor.tokenizer
@@ -80,6 +82,33 @@ class LlavaAnswerer:
         logits = self.model(**self._encode(images, prompts)).logits[:, -1]
         return logits.float().softmax(-1)[:, yes].tolist()
 
+    @cached_property
+    def n_image_tokens(self) -> int:
+        "How many placeholder tokens the processor expands one image into."
+        from compodistill.data import image_token_count
+        return image_token_count(self.processor)
+
+    @torch.no_grad()
+    def caption_logprob(self, images:list, # PIL images, one per caption
+                        captions:list[str], # captions to score, caption k given image k
+                       ) -> list[float]:
+        "Summed log-probability of each caption's tokens and end token given its image, in the plain captioning layout."
+        from compodistill.checkpoints import IMAGE_TOKEN  # lazy: `data` loads `datasets`; `world` imports us
+        from compodistill.data import DataCollator, tokenize_record
+        records = [{"id": str(k), "conversations": [{"from": "human", "value": IMAGE_TOKEN}, {"from": "gpt", "value": c}]}
+                   for k, c in enumerate(captions)]
+        samples = [tokenize_record(r, self.processor, im, template="plain", max_length=None,
+                                   n_image_tokens=self.n_image_tokens) for r, im in zip(records, images)]
+        batch = DataCollator(self.tok)(samples)  # right padding: no real token attends to a pad, positions start at 0
+        labels, dev = batch.pop("labels").to(self.model.device), self.model.device
+        batch = {k: v.to(dev, self.model.dtype) if v.is_floating_point() else v.to(dev) for k, v in batch.items()}
+        first = int((labels != -100).int().argmax(-1).min())  # the earliest caption token in the batch
+        keep = labels.shape[1] - first + 1  # logits from the position before it on: not over the image block
+        logits = self.model(**batch, logits_to_keep=keep).logits[:, :-1].float()
+        targets = labels[:, -keep + 1:]
+        logp = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return torch.where(targets != -100, logp, 0.0).sum(-1).tolist()
+
 # %% ../nbs/10_eval.ipynb #51417c23
 def _image(path_or_image) -> Image.Image:
     "A PIL image from a path (or the image itself)."
@@ -88,6 +117,10 @@ def _image(path_or_image) -> Image.Image:
 def _batched(items:list, size:int, desc:str, progress:bool):
     "Consecutive chunks of `items`, with a progress bar."
     for i in tqdm(range(0, len(items), size), desc=desc, disable=not progress): yield items[i:i + size]
+
+def _mean(xs:list) -> float:
+    "The mean of a list; NaN for an empty one."
+    return sum(xs) / len(xs) if xs else float("nan")
 
 # %% ../nbs/10_eval.ipynb #04a5ed1b
 def score_caption_matching(model, # an object with `generate(images, prompts)` (e.g. `LlavaAnswerer`)
@@ -106,11 +139,19 @@ def score_caption_matching(model, # an object with `generate(images, prompts)` (
     by_order = {o: [c for (_, oo), c in zip(questions, correct) if oo == o] for o in "AB"}
     per_cat = defaultdict(list)
     for (r, _), c in zip(questions, correct): per_cat[r["category"]].append(c)
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
-    return dict(n=len(records), accuracy=mean(correct), accuracy_true_as_A=mean(by_order["A"]),
-                accuracy_true_as_B=mean(by_order["B"]), per_category={k: mean(v) for k, v in sorted(per_cat.items())})
+    return dict(n=len(records), accuracy=_mean(correct), accuracy_true_as_A=_mean(by_order["A"]),
+                accuracy_true_as_B=_mean(by_order["B"]), per_category={k: _mean(v) for k, v in sorted(per_cat.items())})
 
 # %% ../nbs/10_eval.ipynb #51df7cd1
+def _pair_scores(records:list, text_ok, image_ok) -> dict:
+    "Text, image and group scores from each pair's verdicts (`text_ok[n]`, `image_ok[n]`), overall and per category."
+    rows = [(r.get("category", "all"), text_ok[n], image_ok[n]) for n, r in enumerate(records)]
+    def scores(rs):
+        return dict(text=sum(t for _, t, _ in rs) / len(rs), image=sum(i for _, _, i in rs) / len(rs),
+                    group=sum(t and i for _, t, i in rs) / len(rs), n=len(rs))
+    cats = sorted({c for c, _, _ in rows})
+    return dict(**scores(rows), per_category={c: scores([x for x in rows if x[0] == c]) for c in cats})
+
 def score_winoground(model, # an object with `generate` and `yes_probability` (e.g. `LlavaAnswerer`)
                      records:list, # records: images [i0, i1], captions [c0, c1]; caption k matches image k
                      batch_size:int=16, # questions per batch
@@ -133,12 +174,7 @@ def score_winoground(model, # an object with `generate` and `yes_probability` (e
                                       [MATCH_PROMPT.format(caption=records[n]["captions"][c]) for n, c, _ in chunk])
         p_yes.update(zip(chunk, probs))
     image_ok = {n: all(p_yes[(n, c, c)] > p_yes[(n, c, 1 - c)] for c in (0, 1)) for n in range(len(records))}
-    rows = [(r.get("category", "all"), text_ok[n], image_ok[n]) for n, r in enumerate(records)]
-    def scores(rs):
-        return dict(text=sum(t for _, t, _ in rs) / len(rs), image=sum(i for _, _, i in rs) / len(rs),
-                    group=sum(t and i for _, t, i in rs) / len(rs), n=len(rs))
-    cats = sorted({c for c, _, _ in rows})
-    return dict(**scores(rows), per_category={c: scores([x for x in rows if x[0] == c]) for c in cats})
+    return _pair_scores(records, text_ok, image_ok)
 
 # %% ../nbs/10_eval.ipynb #e8d02cdd
 def score_vqa(model, # an object with `generate(images, prompts)` (e.g. `LlavaAnswerer`)
@@ -155,8 +191,46 @@ def score_vqa(model, # an object with `generate(images, prompts)` (e.g. `LlavaAn
     return dict(n=len(records), accuracy=sum(scores) / len(scores),
                 per_category={k: sum(v) / len(v) for k, v in sorted(per_cat.items())})
 
+# %% ../nbs/10_eval.ipynb #5e44c56b
+def _logprobs(model, pairs:list, batch_size:int, desc:str, progress:bool) -> list[float]:
+    "`model.caption_logprob` of (image, caption) pairs, in batches."
+    out = []
+    for chunk in _batched(pairs, batch_size, desc, progress):
+        out += model.caption_logprob([_image(im) for im, _ in chunk], [c for _, c in chunk])
+    return out
+
+def score_caption_likelihood(model, # an object with `caption_logprob(images, captions)` (e.g. `LlavaAnswerer`)
+                             records:list, # caption-matching records: image, positive, negative, category
+                             batch_size:int=16, # captions per batch
+                             progress:bool=True, # show a progress bar
+                            ) -> dict:
+    "Accuracy (the true caption more likely given the image; ties wrong), the mean per category, and the mean margin."
+    lp = _logprobs(model, [(r["image"], r[k]) for r in records for k in ("positive", "negative")], batch_size,
+                   "caption likelihood", progress)
+    margins = [pos - neg for pos, neg in zip(lp[::2], lp[1::2])]
+    per_cat = defaultdict(list)
+    for r, m in zip(records, margins): per_cat[r["category"]].append(m > 0)
+    return dict(n=len(records), accuracy=_mean([m > 0 for m in margins]), mean_margin=_mean(margins),
+                per_category={k: _mean(v) for k, v in sorted(per_cat.items())})
+
+# %% ../nbs/10_eval.ipynb #27d6e971
+def score_winoground_likelihood(model, # an object with `caption_logprob(images, captions)` (e.g. `LlavaAnswerer`)
+                                records:list, # records: images [i0, i1], captions [c0, c1]; caption k matches image k
+                                batch_size:int=16, # captions per batch
+                                progress:bool=True, # show a progress bar
+                               ) -> dict:
+    "Text, image and group scores by caption log-likelihood (fractions of pairs), overall and per category."
+    keys = [(n, c, i) for n in range(len(records)) for c in (0, 1) for i in (0, 1)]  # caption c given image i
+    lp = dict(zip(keys, _logprobs(model, [(records[n]["images"][i], records[n]["captions"][c]) for n, c, i in keys],
+                                  batch_size, "pairs: caption likelihood", progress)))
+    text_ok = {n: all(lp[(n, k, k)] > lp[(n, 1 - k, k)] for k in (0, 1)) for n in range(len(records))}
+    image_ok = {n: all(lp[(n, c, c)] > lp[(n, c, 1 - c)] for c in (0, 1)) for n in range(len(records))}
+    return _pair_scores(records, text_ok, image_ok)
+
 # %% ../nbs/10_eval.ipynb #36b1f954
 SCORERS = {"vqa": score_vqa, "caption_matching": score_caption_matching, "winoground": score_winoground}
+LIKELIHOOD_SCORERS = {"caption_matching": score_caption_likelihood, "winoground": score_winoground_likelihood}
+PROTOCOLS = {"choice": SCORERS, "likelihood": LIKELIHOOD_SCORERS}
 
 def record_kind(record:dict, # one evaluation record
                ) -> str:
@@ -183,16 +257,20 @@ def load_records(benchmark:str, # a benchmark name of `01a_benchmarks`, or "worl
     return list(load_benchmark(benchmark, root))
 
 # %% ../nbs/10_eval.ipynb #1b94c364
-def evaluate(model, # an object with `generate` / `yes_probability`, e.g. `LlavaAnswerer`
+def evaluate(model, # an object with the calls the protocol uses, e.g. `LlavaAnswerer`
              records:list, # evaluation records of one schema
              batch_size:int=16, # questions per batch
              progress:bool=True, # show a progress bar
+             protocol:str="choice", # "choice" (the paper's: multiple choice, yes/no) or "likelihood"
             ) -> dict:
-    "Score records of any of the three schemas; the result names the schema."
+    "Score records of any of the three schemas under a protocol; the result names the schema and the protocol."
+    if protocol not in PROTOCOLS: raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     kinds = {record_kind(r) for r in records}
     if len(kinds) != 1: raise ValueError(f"records of several schemas in one set: {sorted(kinds)}")
     kind = kinds.pop()
-    return dict(kind=kind, **SCORERS[kind](model, records, batch_size, progress))
+    if kind not in PROTOCOLS[protocol]:
+        raise ValueError(f"{kind} records have no {protocol} protocol: their answers are generated (protocol='choice')")
+    return dict(kind=kind, protocol=protocol, **PROTOCOLS[protocol][kind](model, records, batch_size, progress))
 
 def eval_command(argv:list[str]|None=None, # command-line arguments after `eval`
                 ):
@@ -204,6 +282,8 @@ def eval_command(argv:list[str]|None=None, # command-line arguments after `eval`
     ap.add_argument("--benchmark", required=True, help="a benchmark name (01a_benchmarks) or world:<file>")
     ap.add_argument("--root", default=None, help="local folder of a named benchmark")
     ap.add_argument("--out", default=None, help="JSON file for the result")
+    ap.add_argument("--protocol", choices=list(PROTOCOLS), default="choice",
+                    help="choice: multiple choice (the paper's); likelihood: caption likelihood (not for VQA)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--limit", type=int, default=None, help="evaluate the first N records")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -211,7 +291,8 @@ def eval_command(argv:list[str]|None=None, # command-line arguments after `eval`
     records = load_records(args.benchmark, args.root)[:args.limit]
     model, processor = load_llava(args.model)
     result = dict(model=args.model, benchmark=args.benchmark,
-                  **evaluate(LlavaAnswerer(model.to(args.device), processor), records, args.batch_size))
+                  **evaluate(LlavaAnswerer(model.to(args.device), processor), records, args.batch_size,
+                           protocol=args.protocol))
     print(json.dumps({k: v for k, v in result.items() if k != "per_category"}))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

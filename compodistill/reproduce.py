@@ -25,7 +25,9 @@ MODELS = {"teacher": "teacher", "no distillation": "sft_baseline", "KD": "kd_sft
 
 EVAL_SETS = {"recognition": "eval_recognition", "perception": "eval_perception", "CR": "eval_caption_matching",
              "winoground": "eval_winoground", "heldout CR": "heldout_caption_matching",
-             "heldout perception": "heldout_perception"}  # column -> world file (without .json)
+             "heldout perception": "heldout_perception", "CR likelihood": "eval_caption_matching",
+             "winoground likelihood": "eval_winoground", "heldout CR likelihood": "heldout_caption_matching",
+            }  # column -> world file (without .json); a name ending in "likelihood" is scored by caption likelihood
 
 # %% ../nbs/11_reproduce_small.ipynb #e510fa26
 def evaluate_model(model_dir:str|Path, # a checkpoint written by a pipeline stage
@@ -42,7 +44,8 @@ def evaluate_model(model_dir:str|Path, # a checkpoint written by a pipeline stag
     if cache.is_file() and (old := json.loads(cache.read_text())).get("key") == key: return old["results"]
     model, processor = load_llava(model_dir)
     answerer, t0 = LlavaAnswerer(model, processor), time.time()
-    results = {col: evaluate(answerer, load_records(f"world:{Path(data_root) / stem}.json")[:limit], batch_size, False)
+    results = {col: evaluate(answerer, load_records(f"world:{Path(data_root) / stem}.json")[:limit], batch_size, False,
+                             "likelihood" if col.endswith("likelihood") else "choice")
                for col, stem in sets.items()}
     results["eval_s"] = round(time.time() - t0, 1)
     cache.write_text(json.dumps(dict(key=key, results=results), indent=1))
@@ -110,19 +113,22 @@ def reproduce(config:str|Path, # the pipeline file, e.g. configs/small/pipeline.
 
 # %% ../nbs/11_reproduce_small.ipynb #6ab75a28
 def metric(scores:dict, # one model's `evaluate_model` result
-           column:str, # a column: an `EVAL_SETS` key, "winoground <text|image|group>" or "CR <negative type>"
+           column:str, # an `EVAL_SETS` key, optionally followed by a Winoground score (text, image, group) or a category
           ) -> float:
     "One number of a model's scores, as a fraction."
-    if column.startswith("winoground "): return scores["winoground"][column.split()[1]]
-    if column.startswith("CR ") and column != "CR": return scores["CR"]["per_category"][column[3:]]
-    return scores[column]["accuracy"]
+    name = max((k for k in EVAL_SETS if column == k or column.startswith(k + " ")), key=len, default=None)
+    if name is None: raise KeyError(f"column {column!r} names no evaluation set ({', '.join(EVAL_SETS)})")
+    result, part = scores[name], column[len(name):].strip()
+    if not part: return result["accuracy"]
+    return result[part] if part in ("text", "image", "group") else result["per_category"][part]
 
 def mean_std(values:list) -> tuple[float, float]:
     "Mean and sample standard deviation (0 for one value)."
     m = sum(values) / len(values)
     return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
 
-MAIN_COLUMNS = ("recognition", "perception", "CR", "winoground group", "heldout CR", "heldout perception")
+MAIN_COLUMNS = ("recognition", "perception", "CR", "CR likelihood", "winoground likelihood group", "heldout CR likelihood",
+                "heldout perception")
 
 def results_table(result:dict, # `reproduce`'s result
                   columns=MAIN_COLUMNS, # columns (see `metric`)
@@ -160,5 +166,6 @@ def reproduce_command(argv:list[str]|None=None, # command-line arguments after `
     result = reproduce(config, args.seeds, out=args.out, limit=args.limit)
     types = [c for c in result["runs"][0]["scores"]["teacher"]["CR"]["per_category"]]
     print(f"\n{config}, seeds {args.seeds}, {time.time() - t0:.0f} s\n\n{results_table(result)}\n\n"
-          + results_table(result, [f"CR {t}" for t in types] + ["winoground text", "winoground image"], attention=False))
+          + results_table(result, [f"CR likelihood {t}" for t in types] + ["winoground likelihood text",
+                                                                           "winoground likelihood image"], attention=False))
     return result

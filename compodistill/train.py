@@ -25,8 +25,8 @@ from .vat import LayerMatching, group_teacher_maps
 
 # %% auto #0
 __all__ = ['STAGES', 'LORA_TARGETS', 'PARTS', 'COMPLETE', 'STAGE_DONE', 'Stage', 'setup_stage', 'trainable_summary',
-           'DistillationTrainer', 'teacher_deepspeed_config', 'prepare_teacher', 'check_vat_capture',
-           'last_complete_checkpoint', 'StageConfig', 'check_inputs', 'parse_stage_config', 'run_stage',
+           'last_complete_checkpoint', 'CheckpointingTrainer', 'DistillationTrainer', 'teacher_deepspeed_config',
+           'prepare_teacher', 'check_vat_capture', 'StageConfig', 'check_inputs', 'parse_stage_config', 'run_stage',
            'train_command']
 
 # %% ../nbs/08_training.ipynb #ae9c4745
@@ -46,6 +46,7 @@ STAGES = {s.name: s for s in [
     Stage("dpt", ("adapter",), kd=True, vat=False, taf=True),
     Stage("dft", ("lora", "adapter"), kd=True, vat=True, taf=True),
     Stage("sft", ("lora", "adapter"), kd=False, vat=False, taf=True),
+    Stage("vision", ("vision",), kd=False, vat=False, taf=False),  # small scale only: 08b_vision
 ]}
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -94,6 +95,23 @@ def trainable_summary(model, # a model after `setup_stage`
     return {k: (sum(p.numel() for p in m.parameters() if p.requires_grad), sum(p.numel() for p in m.parameters()))
             for k, m in parts.items()}
 
+# %% ../nbs/08_training.ipynb #929edbcc
+COMPLETE = "COMPLETE"
+
+def last_complete_checkpoint(output_dir:str|Path, # a run's output directory
+                            ) -> str|None:
+    "The newest `checkpoint-N` folder that was completely written, or None."
+    done = [p for p in Path(output_dir).glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name[11:].isdigit()]
+    return str(max(done, key=lambda p: int(p.name[11:]))) if done else None
+
+class CheckpointingTrainer(Trainer):
+    "A Trainer whose checkpoints end with a `COMPLETE` marker, so that resuming never starts from a partial one."
+    def _save_checkpoint(self, model, trial):
+        "Save a Trainer checkpoint, then mark it complete (resume only trusts marked checkpoints)."
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save: (folder / COMPLETE).write_text(json.dumps({"step": self.state.global_step}))
+
 # %% ../nbs/08_training.ipynb #3c0209f9
 @torch.no_grad()
 def _teacher_forward(teacher, inputs:dict, layers):
@@ -104,7 +122,7 @@ def _teacher_forward(teacher, inputs:dict, layers):
     return out.logits, cap.maps
 
 # %% ../nbs/08_training.ipynb #e291cf0d
-class DistillationTrainer(Trainer):
+class DistillationTrainer(CheckpointingTrainer):
     "A Trainer whose loss is LM + logit KD + VAT against a frozen teacher (or plain LM without one)."
     loss_is_scaled_for_ga = False  # every term is a per-batch mean: the Trainer divides by accumulation steps
 
@@ -153,12 +171,6 @@ class DistillationTrainer(Trainer):
             self._terms.clear()
         super().log(logs, start_time)
 
-    def _save_checkpoint(self, model, trial):
-        "Save a Trainer checkpoint, then mark it complete (resume only trusts marked checkpoints)."
-        super()._save_checkpoint(model, trial)
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        if self.args.should_save: (folder / COMPLETE).write_text(json.dumps({"step": self.state.global_step}))
-
 # %% ../nbs/08_training.ipynb #933e5252
 def teacher_deepspeed_config(student:dict, # the student's DeepSpeed config (as the Trainer filled it in)
                              hidden_size:int, # the teacher LLM's hidden size (sizes ZeRO-3's buckets)
@@ -204,22 +216,13 @@ def check_vat_capture(fsdp_plugin, # the accelerator's FSDP plugin, or None
                          "checkpointing inside FSDP1 units) recomputes those layers outside it: set "
                          "fsdp_activation_checkpointing: false and use activation_checkpointing with fsdp_version: 2")
 
-# %% ../nbs/08_training.ipynb #929edbcc
-COMPLETE = "COMPLETE"
-
-def last_complete_checkpoint(output_dir:str|Path, # a run's output directory
-                            ) -> str|None:
-    "The newest `checkpoint-N` folder that was completely written, or None."
-    done = [p for p in Path(output_dir).glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name[11:].isdigit()]
-    return str(max(done, key=lambda p: int(p.name[11:]))) if done else None
-
 # %% ../nbs/08_training.ipynb #923ddf0f
 @dataclass
 class StageConfig:
     "What one training stage trains, from what, on what, with which losses (the optimisation is in TrainingArguments)."
-    stage: str = field(metadata={"help": "lm | pretrain | finetune | dpt | dft | sft"})
+    stage: str = field(metadata={"help": "lm | pretrain | finetune | dpt | dft | sft | vision"})
     model: str = field(metadata={"help": "checkpoint directory of the model to train (the previous stage's output)"})
-    data: str = field(metadata={"help": "LLaVA-format JSON/JSONL training file"})
+    data: str = field(metadata={"help": "LLaVA-format JSON/JSONL training file (vision: a scene-graph file, 08b_vision)"})
     teacher: str | None = field(default=None, metadata={"help": "teacher checkpoint (needed for KD, VAT and TAF)"})
     image_folder: str | None = field(default=None, metadata={"help": "folder image paths are relative to (default: the data file's)"})
     template: str | None = field(default=None, metadata={"help": "chat | plain (default: plain for lm/pretrain/dpt, chat otherwise)"})
@@ -341,16 +344,10 @@ def _trained_student(trainer, model, rebuild):
     else: model = acc.unwrap_model(model)
     return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
-def run_stage(cfg:StageConfig, # what to train
-              args:TrainingArguments, # how to train it (output_dir, optimisation, checkpointing)
-             ) -> Path:
-    "Train one stage (resuming if interrupted) and write its model to `<output_dir>/model`; return that path."
-    import time
-    from compodistill.checkpoints import load_llava, save_llava
+def _distillation_trainer(cfg:StageConfig, args:TrainingArguments, r:dict):
+    "A stage's `DistillationTrainer`, the set-up student it trains, the processor, the data and a rebuild of the set-up student."
+    from compodistill.checkpoints import load_llava
     from compodistill.data import ConversationDataset, DataCollator
-    r, out = check_inputs(cfg), Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dict(stage=asdict(cfg), resolved=r, training=args.to_dict()), indent=1))
     def load():
         "The stage's student (set up: TAF, LoRA, trainable parts), its processor and the teacher."
         with _whole_weights(args):
@@ -369,13 +366,29 @@ def run_stage(cfg:StageConfig, # what to train
     trainer = DistillationTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollator(processor),
                                   teacher=teacher if (r["kd_weight"] or r["vat_weight"]) else None,
                                   objective=objective, matching=matching)
+    return trainer, model, processor, data, lambda: load()[0]
+
+def run_stage(cfg:StageConfig, # what to train
+              args:TrainingArguments, # how to train it (output_dir, optimisation, checkpointing)
+             ) -> Path:
+    "Train one stage (resuming if interrupted) and write its model to `<output_dir>/model`; return that path."
+    import time
+    from compodistill.checkpoints import save_llava
+    r, out = check_inputs(cfg), Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dict(stage=asdict(cfg), resolved=r, training=args.to_dict()), indent=1))
+    if cfg.stage == "vision":
+        from compodistill.vision import vision_trainer
+        trainer, model, processor, data, rebuild = vision_trainer(cfg, args)
+    else: trainer, model, processor, data, rebuild = _distillation_trainer(cfg, args, r)
     world = args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
+    matching = getattr(trainer, "matching", None)
     if trainer.is_world_process_zero():
         print(f"stage {cfg.stage}: {len(data)} samples, global batch {world}, trains {r['trains']}"
               + (f", VAT {matching}" if matching else ""))
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(out))
-    model = _trained_student(trainer, model, lambda: load()[0])
+    model = _trained_student(trainer, model, rebuild)
     if trainer.is_world_process_zero():
         save_llava(model, processor, out / "model")
         logs = [l for l in trainer.state.log_history if "loss" in l]

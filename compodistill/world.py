@@ -25,8 +25,8 @@ __all__ = ['COLOURS', 'SHAPES', 'PLURALS', 'SIZES', 'RELATIONS', 'OPPOSITE', 'NU
            'BACKGROUND', 'RECOGNITION', 'PERCEPTION', 'QUESTIONS', 'NEGATIVE_TYPES', 'FORMATS', 'TRAIN_FILES',
            'EVAL_FILES', 'WORLD_VOCAB', 'Obj', 'relations', 'Scene', 'sample_scene', 'Desc', 'name', 'Claim', 'holds',
            'caption_claims', 'caption_text', 'mentions', 'ask', 'instruct_turns', 'llava_record', 'relation_claim',
-           'negatives', 'winoground_pair', 'format_turn', 'World', 'build_world', 'text_records', 'write_world',
-           'balance']
+           'negatives', 'winoground_pair', 'format_turn', 'World', 'build_world', 'text_records', 'scene_records',
+           'write_world', 'balance']
 
 # %% ../nbs/02_world.ipynb #204c86fa
 COLOURS = {"red": (230, 40, 40), "green": (40, 180, 60), "blue": (40, 90, 245), "yellow": (245, 215, 30),
@@ -86,16 +86,25 @@ class Scene:
             if len({key(o) for o in self.objects}) < len(self.objects):
                 raise ValueError(f"scene {self.id}: two objects share a {what}")
 
+    def _draw(self, mode:str, size:int, fill, background) -> Image.Image:
+        "The objects as filled polygons at `_SUPERSAMPLE` times `size`, object k filled with `fill(k, object)`."
+        big = size * _SUPERSAMPLE
+        im = Image.new(mode, (big, big), background)
+        draw, cell = ImageDraw.Draw(im), big / GRID
+        for k, o in enumerate(self.objects):
+            cx, cy, r = (o.col + .5) * cell, (o.row + .5) * cell, _RADIUS[o.size] * cell
+            draw.polygon([(cx + r * x, cy + r * y) for x, y in _UNIT_SHAPES[o.shape]], fill=fill(k, o))
+        return im
+
     def render(self, size:int=64, # width and height of the image in pixels
               ) -> Image.Image:
         "The scene as an RGB image: filled shapes on a plain background."
-        big = size * _SUPERSAMPLE
-        im = Image.new("RGB", (big, big), BACKGROUND)
-        draw, cell = ImageDraw.Draw(im), big / GRID
-        for o in self.objects:
-            cx, cy, r = (o.col + .5) * cell, (o.row + .5) * cell, _RADIUS[o.size] * cell
-            draw.polygon([(cx + r * x, cy + r * y) for x, y in _UNIT_SHAPES[o.shape]], fill=COLOURS[o.colour])
-        return im.resize((size, size), Image.BOX)
+        return self._draw("RGB", size, lambda k, o: COLOURS[o.colour], BACKGROUND).resize((size, size), Image.BOX)
+
+    def mask(self, size:int=64, # width and height of the mask in pixels
+            ) -> Image.Image:
+        "The instance mask (mode L): k + 1 on the pixels of `objects[k]`, 0 on the background."
+        return self._draw("L", size, lambda k, o: k + 1, 0).resize((size, size), Image.NEAREST)
 
 def _scene(id:str, objects) -> Scene:
     "A `Scene` with `objects` put in reading order."
@@ -463,6 +472,13 @@ def text_records(files:dict, # file stem -> records, with `train_captions` and `
     return [{"id": f"{i}_text", "conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": t}]}
             for i, t in texts]
 
+def scene_records(scenes, # the scenes of one split
+                 ) -> list[dict]:
+    "Scene-graph records: image and instance-mask paths (relative to the data folder) and every object's attributes."
+    return [{"id": s.id, "image": f"images/{s.id}.png", "mask": f"masks/{s.id}.png",
+             "objects": [dict(colour=o.colour, shape=o.shape, size=o.size, col=o.col, row=o.row) for o in s.objects]}
+            for s in scenes]
+
 def write_world(out_dir:str|Path, # folder to write into (created if missing)
                 *,
                 seed:int=0, # the world is a function of the seed (and the sizes)
@@ -472,15 +488,18 @@ def write_world(out_dir:str|Path, # folder to write into (created if missing)
                 image_size:int=64, # width and height of the images in pixels
                 heldout=DEFAULT_HELDOUT, # (colour, shape) pairs kept out of every training file
                ) -> dict[str, Path]:
-    "Render every scene to `images/<id>.png` and write the JSON files; the path of each by its stem, and `images`."
+    "Render every scene to `images/<id>.png` and its mask to `masks/<id>.png`, write the JSON files; the path of each by its stem, and `images`."
     world, out = build_world(seed, n_train, n_eval, n_heldout, heldout), Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    for folder in ("images", "masks"): (out / folder).mkdir(parents=True, exist_ok=True)
     for s in world.scenes.values():
         _write_atomic(out / "images" / f"{s.id}.png", lambda p: s.render(image_size).save(p, format="PNG"))
+        _write_atomic(out / "masks" / f"{s.id}.png", lambda p: s.mask(image_size).save(p, format="PNG"))
     files = {**world.files, "train_instruct": [{k: v for k, v in r.items() if k != "categories"}
                                                for r in world.files["train_instruct"]],
              "train_instruct_categories": {r["id"]: r["categories"] for r in world.files["train_instruct"]},
-             "train_text": text_records(world.files)}
+             "train_text": text_records(world.files),
+             **{f"{split}_scenes": scene_records(s for k, s in world.scenes.items() if k.startswith(f"{split}_"))
+                for split in ("train", "eval", "heldout")}}
     files["world"] = dict(seed=seed, n_train=n_train, n_eval=n_eval, n_heldout=n_heldout, image_size=image_size,
                           heldout=[list(p) for p in world.heldout],
                           counts={k: len(v) for k, v in files.items()}, vocab=WORLD_VOCAB)

@@ -89,16 +89,17 @@ def test_the_shipped_small_pipeline_is_valid_and_seeded(tmp_path):
     assert pipe.shared_root == Path("runs/small/shared")
     pipe.root, pipe.shared_root = tmp_path / "seed2", tmp_path / "shared"  # independent of runs/ in the checkout
     status = run_pipeline(pipe, dry_run=True)
-    assert len(status) == 17 and {s for _, s in status} == {"would run"}
+    assert len(status) == 18 and {s for _, s in status} == {"would run"}
     assert not (tmp_path / "world").exists()  # a dry run writes nothing
     from compodistill.pipeline import stage_values
     assert stage_values(pipe, "dft")["seed"] == 2 and "seed" not in stage_values(pipe, "student_base")
     order = stage_order(pipe)
-    assert order.index("teacher_lm") < order.index("teacher_pretrain") < order.index("student_base") < order.index("dpt")
+    assert order.index("teacher_lm") < order.index("vision") < order.index("teacher_pretrain") < order.index("teacher")
+    assert order.index("vision") < order.index("student_base") < order.index("student_pretrain") < order.index("dpt")
     tiny, small = (yaml.safe_load(_shipped(n).read_text()) for n in ("tiny", "small"))
     budget = ("max_steps", "per_device_train_batch_size", "learning_rate")
     assert tiny["stages"] == {n: {k: v for k, v in st.items() if k not in budget} for n, st in small["stages"].items()}
-    assert tiny["shared"]["stages"] == small["shared"]["stages"] == ["teacher_lm", "teacher_pretrain", "teacher"]
+    assert tiny["shared"]["stages"] == small["shared"]["stages"] == ["teacher_lm", "vision", "teacher_pretrain", "teacher"]
     with pytest.raises(ValueError, match="seed must be an integer"): Pipeline.from_yaml(_shipped("small"), seed="x")
 
 
@@ -114,16 +115,16 @@ def test_the_tiny_pipeline_runs_from_nothing(tmp_path):
     pipe = tiny(3)
     assert pipe.root == tmp_path / "seed3"
     status = run_pipeline(pipe)
-    assert len(status) == 17 and {s for _, s in status} == {"ran"}
-    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["init", "teacher", "teacher_lm", "teacher_pretrain"]
+    assert len(status) == 18 and {s for _, s in status} == {"ran"}
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["init", "teacher", "teacher_lm", "teacher_pretrain", "vision"]
     again = run_pipeline(tiny(4))  # another seed: the shared teacher is reused, every student stage runs
-    assert [n for n, s in again if s == "done"] == ["teacher_lm", "teacher_pretrain", "teacher"]
+    assert [n for n, s in again if s == "done"] == ["teacher_lm", "vision", "teacher_pretrain", "teacher"]
     assert json.loads((tmp_path / "seed4" / "dft" / "config.json").read_text())["training"]["seed"] == 4
     assert json.loads((tmp_path / "shared" / "teacher" / "config.json").read_text())["training"]["seed"] == 0
     manifest = json.loads((tmp_path / "world" / "world.json").read_text())
     assert manifest["n_train"] == 48 and manifest["counts"]["train_text"] > 96
     for name, _ in status:
-        done = json.loads(((tmp_path / "shared" if name.startswith("teacher") else tmp_path / "seed3") / name / STAGE_DONE).read_text())
+        done = json.loads(((tmp_path / "shared" if name in pipe.shared_stages else tmp_path / "seed3") / name / STAGE_DONE).read_text())
         assert done["stage"] == "copy_vision" if name == "student_base" else done["steps"] == 3, name
     resolved = json.loads((tmp_path / "seed3" / "dft" / "config.json").read_text())
     assert resolved["training"]["seed"] == 3 and resolved["resolved"]["vat_weight"] == 1

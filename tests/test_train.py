@@ -78,7 +78,8 @@ def test_stage_trainable_parts(tok):
     student = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)[1]
     assert counts["lm"]["llm"] == sum(p.numel() for p in student.model.language_model.parameters())  # the whole LLM
     assert counts["lm"]["projector"] == 0 and counts["lm"]["lm_head"] > 0 and counts["lm"]["llm"] > counts["dft"]["llm"]
-    assert all(c["vision"] == 0 for c in counts.values())
+    assert all(c["vision"] == 0 for n, c in counts.items() if n != "vision")
+    assert counts["vision"]["vision"] > 0 and counts["vision"]["llm"] == counts["vision"]["projector"] == 0
     assert all(c["lm_head"] == 0 for n, c in counts.items() if n != "lm")
     assert not any("vision_tower" in n and "lora" in n for n, _ in
                    setup_stage(build_pair("tiny")[1], ("lora",), lora_r=2, lora_alpha=4).named_parameters())

@@ -141,6 +141,9 @@ def test_layout_counts_and_no_temporary_files(written):
             for r in json.loads(path.read_text()) for p in r.get("images", [r.get("image")]) if p}
     assert refs == {f"images/{p.name}" for p in paths["images"].iterdir()}  # every image used, every reference exists
     with Image.open(paths["images"] / "train_00000.png") as im: assert im.size == (64, 64) and im.mode == "RGB"
+    masks = {r["mask"] for split in ("train", "eval", "heldout") for r in json.loads(paths[f"{split}_scenes"].read_text())}
+    assert masks == {f"masks/{p.name}" for p in (out / "masks").iterdir()}  # one instance mask per image, each referenced
+    with Image.open(out / "masks" / "train_00000.png") as m: assert m.size == (64, 64) and m.mode == "L"
 
 
 def test_written_records_are_the_built_ones(written):
