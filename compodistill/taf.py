@@ -22,7 +22,9 @@ class WideProjector(nn.Module):
         super().__init__()
         self.linear_1, self.act, self.linear_2 = nn.Linear(vision_hidden, inner, bias), ACT2FN[act], nn.Linear(inner, text_hidden, bias)
 
-    def forward(self, x): return self.linear_2(self.act(self.linear_1(x)))
+    def forward(self, x):
+        "Patch features `(..., vision hidden)` to visual tokens `(..., LLM hidden)`."
+        return self.linear_2(self.act(self.linear_1(x)))
 
 # %% ../nbs/06_taf.ipynb #4b0396d8
 class TAFProjector(WideProjector):
@@ -32,7 +34,9 @@ class TAFProjector(WideProjector):
         self.linear_1.requires_grad_(False); self.linear_2.requires_grad_(False)
         self.adapter = nn.Linear(teacher_hidden, student_hidden)
 
-    def forward(self, x): return self.adapter(super().forward(x))
+    def forward(self, x):
+        "The teacher's projector, then the adapter to the student's width."
+        return self.adapter(super().forward(x))
 
 # %% ../nbs/06_taf.ipynb #246db3d4
 def _projector_spec(config) -> dict:
