@@ -78,7 +78,7 @@ class SceneDataset(torch.utils.data.Dataset):
                 ):
         self.path, self.processor, self.min_cover = Path(path), processor, min_cover
         self.folder = Path(image_folder) if image_folder is not None else self.path.parent
-        self.records, self.vocab = load_scenes(path, image_folder)
+        self.records, self.vocab = load_scenes(path, self.folder)
         self.image_size, self.patch_size = vision_config.image_size, vision_config.patch_size
         self.report = f"{len(self.records)} scenes, targets {', '.join(f'{a} ({len(v)})' for a, v in self.vocab.items())}"
 

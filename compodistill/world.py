@@ -12,7 +12,7 @@ import os
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -476,7 +476,7 @@ def scene_records(scenes, # the scenes of one split
                  ) -> list[dict]:
     "Scene-graph records: image and instance-mask paths (relative to the data folder) and every object's attributes."
     return [{"id": s.id, "image": f"images/{s.id}.png", "mask": f"masks/{s.id}.png",
-             "objects": [dict(colour=o.colour, shape=o.shape, size=o.size, col=o.col, row=o.row) for o in s.objects]}
+             "objects": [asdict(o) for o in s.objects]}
             for s in scenes]
 
 def write_world(out_dir:str|Path, # folder to write into (created if missing)
