@@ -8,16 +8,16 @@ from __future__ import annotations
 import contextvars
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface, LlavaForConditionalGeneration
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # %% auto #0
-__all__ = ['CAPTURE_ATTENTION', 'visual_positions', 'visual_attention_probs', 'enable_capture', 'VisualAttention',
-           'capture_visual_attention']
+__all__ = ['SCORE_BLOCK_BYTES', 'GPU_BLOCK_BYTES', 'CAPTURE_ATTENTION', 'visual_positions', 'visual_attention_probs',
+           'VisualPlan', 'visual_plan', 'visual_map', 'enable_capture', 'VisualAttention', 'capture_visual_attention']
 
 # %% ../nbs/03_attention.ipynb #ae67c609
 def visual_positions(input_ids:torch.Tensor, # (batch, seq) token ids
@@ -62,10 +62,109 @@ def visual_attention_probs(query:torch.Tensor, # (batch, heads, seq, head_dim) q
     return probs.gather(-1, k_idx[:, None, None, :].expand(b, h, nq, k_idx.shape[1]))
 
 # %% ../nbs/03_attention.ipynb #638bb9df
-def _visual_map(query, key, mask, scaling, q_idx, k_idx, per_head:bool) -> torch.Tensor:
-    "`visual_attention_probs`, averaged over heads unless `per_head`."
-    probs = visual_attention_probs(query, key, mask, scaling, q_idx, k_idx)
-    return probs if per_head else probs.mean(1)
+SCORE_BLOCK_BYTES = {"cpu": 2**21}  # float32 scores per block by device type: a CPU's cache; others take `GPU_BLOCK_BYTES`
+GPU_BLOCK_BYTES = 2**28
+
+class _Block(NamedTuple):
+    "One block of query rows: rows `start:end` see keys `:keys`, of which the first `n_vis` visual keys sit at `cols`."
+    start: int
+    end: int
+    keys: int
+    n_vis: int
+    cols: slice|torch.Tensor  # a slice when the sample's visual keys are one run of positions (one image)
+    masked_row: bool  # some row may attend nothing (its softmax is uniform and gets no gradient)
+
+@dataclass
+class VisualPlan:
+    "How one forward pass's visual block is computed, block by block; the same for every captured layer of a model."
+    made_for: torch.Tensor|None  # the attention mask it was made from (a new mask needs a new plan)
+    heads: int  # query heads (they set the rows per block)
+    q_idx: torch.Tensor  # (batch, n_q) query positions
+    k_idx: torch.Tensor  # (batch, N_v) visual key positions, ascending
+    bias: torch.Tensor  # (batch, n_q, kv_len) float32: 0 where the query may attend, the float32 minimum elsewhere
+    blocks: list  # per sample, its `_Block`s
+
+def _sample_blocks(row_last:list, k_pos:torch.Tensor, per:int, kv_len:int) -> list:
+    "The blocks of one sample: `per` rows each, cut after the last key any of their rows may attend."
+    n = k_pos.shape[0]
+    run = n == 0 or int(k_pos[-1]) - int(k_pos[0]) == n - 1
+    starts = range(0, len(row_last), per)
+    ends = [min(s + per, len(row_last)) for s in starts]
+    keys = [kv_len if min(row_last[s:e]) < 0 else max(row_last[s:e]) + 1 for s, e in zip(starts, ends)]
+    n_vis = torch.searchsorted(k_pos, torch.tensor(keys, device=k_pos.device)).tolist() if keys else []
+    return [_Block(s, e, k, v, slice(int(k_pos[0]), int(k_pos[0]) + v) if run and n else k_pos[:v], min(row_last[s:e]) < 0)
+            for s, e, k, v in zip(starts, ends, keys, n_vis)]
+
+def visual_plan(mask:torch.Tensor|None, # SDPA mask (batch, 1, seq, kv_len), or None for causal
+                q_idx:torch.Tensor, # (batch, n_q) query positions to keep
+                k_idx:torch.Tensor, # (batch, N_v) visual key positions, ascending
+                q_len:int, # query length of the forward pass
+                kv_len:int, # key length (a cache makes it longer)
+                heads:int, # query heads of the model
+                block_bytes:int|None=None, # float32 scores per block (default: `SCORE_BLOCK_BYTES` of the device)
+               ) -> VisualPlan:
+    "Split the chosen query rows into blocks of about `block_bytes` of float32 scores, each cut to the keys its rows may see."
+    allowed = _query_mask(mask, q_idx, q_len, kv_len)[:, 0]
+    bias = torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    last = torch.where(allowed.any(-1), (allowed * torch.arange(kv_len, device=allowed.device)).amax(-1), -1).tolist()
+    block_bytes = block_bytes or SCORE_BLOCK_BYTES.get(allowed.device.type, GPU_BLOCK_BYTES)
+    per = max(1, block_bytes // (4 * heads * kv_len))
+    return VisualPlan(mask, heads, q_idx, k_idx, bias, [_sample_blocks(l, k_idx[i], per, kv_len) for i, l in enumerate(last)])
+
+def _block_probs(query, key, plan:VisualPlan, scaling:float):
+    "Each block's softmax over the keys it may see, every head, float32: yields (sample, block, scaled queries, keys, probs)."
+    h, hk = query.shape[1], key.shape[1]
+    for i, blocks in enumerate(plan.blocks):
+        qs = query[i].index_select(1, plan.q_idx[i]).float() * scaling
+        k = key[i].float().contiguous() if h == hk else key[i].float().repeat_interleave(h // hk, 0)  # one layout for every block
+        for blk in blocks:
+            kb = k[:, :blk.keys]
+            p = torch.baddbmm(plan.bias[i, blk.start:blk.end, :blk.keys], qs[:, blk.start:blk.end], kb.transpose(-1, -2))
+            yield i, blk, qs, kb, p.softmax(-1)
+
+class _VisualMap(torch.autograd.Function):
+    "The visual block, computed block by block; the backward pass recomputes each block instead of keeping it."
+    @staticmethod
+    def forward(ctx, query, key, plan, scaling, per_head):
+        "The map `(batch, n_q, N_v)`, or `(batch, heads, n_q, N_v)` if `per_head`."
+        b, h = query.shape[:2]
+        nq, nk = plan.q_idx.shape[1], plan.k_idx.shape[1]
+        out = query.new_zeros((b, h, nq, nk) if per_head else (b, nq, nk), dtype=torch.float32)
+        for i, blk, _, _, p in _block_probs(query, key, plan, scaling):
+            v = p[..., blk.cols]
+            if per_head: out[i, :, blk.start:blk.end, :blk.n_vis] = v
+            else: out[i, blk.start:blk.end, :blk.n_vis] = v.mean(0)
+        ctx.save_for_backward(query, key)
+        ctx.plan, ctx.scaling, ctx.per_head = plan, scaling, per_head
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        "Gradients of the queries and keys: the softmax derivative applied to each recomputed block, in place."
+        query, key = ctx.saved_tensors
+        h, hk = query.shape[1], key.shape[1]
+        dq = torch.zeros_like(query, dtype=torch.float32)
+        dk = torch.zeros(key.shape[0], h, *key.shape[2:], device=key.device)
+        g = grad if ctx.per_head else grad[:, None] / h
+        for i, blk, qs, kb, p in _block_probs(query, key, ctx.plan, ctx.scaling):
+            gp = p[..., blk.cols] * g[i, :, blk.start:blk.end, :blk.n_vis]
+            ds = p.mul_(-gp.sum(-1, keepdim=True))
+            ds[..., blk.cols] += gp
+            if blk.masked_row: ds.masked_fill_(ctx.plan.bias[i, blk.start:blk.end, :blk.keys] != 0, 0)
+            dq[i].index_add_(1, ctx.plan.q_idx[i, blk.start:blk.end], torch.bmm(ds, kb) * ctx.scaling)
+            dk[i, :, :blk.keys] += torch.bmm(qs[:, blk.start:blk.end].transpose(-1, -2), ds).transpose(-1, -2)
+        dk = dk.view(key.shape[0], hk, h // hk, *key.shape[2:]).sum(2)
+        return dq.to(query.dtype), dk.to(key.dtype), None, None, None
+
+def visual_map(query:torch.Tensor, # (batch, heads, seq, head_dim) queries after rotary embedding
+               key:torch.Tensor, # (batch, kv_heads, kv_len, head_dim) keys
+               plan:VisualPlan, # from `visual_plan` for this forward pass
+               scaling:float, # softmax scale
+               per_head:bool=False, # keep heads separate instead of averaging them
+              ) -> torch.Tensor:
+    "`visual_attention_probs` (averaged over heads unless `per_head`), computed in blocks that are never stored."
+    return _VisualMap.apply(query, key, plan, scaling, per_head)
+
 
 # %% ../nbs/03_attention.ipynb #a141395c
 CAPTURE_ATTENTION = "compodistill_capture"
@@ -99,14 +198,18 @@ class VisualAttention:
     key_positions: torch.Tensor  # (batch, N_v) sequence positions of the visual keys
     present: torch.Tensor  # (batch,) whether each sample has an image; absent samples' maps are meaningless
     per_head: bool = False  # maps are (batch, heads, n_q, N_v) instead of head-averaged (batch, n_q, N_v)
-    maps: dict = field(default_factory=dict)  # layer index -> attention map, float32, with gradients if any
+    reduce: Callable|None = None  # `reduce(layer, map)` is kept instead of the map (None: keep nothing)
+    maps: dict = field(default_factory=dict)  # layer index -> attention map (or what `reduce` made of it)
     _modules: dict = field(default_factory=dict, repr=False)  # attention module -> layer index
+    _plan: VisualPlan|None = field(default=None, repr=False)  # the block plan of this pass, made at the first layer
 
     def _record(self, module, query, key, mask, scaling):
-        args = (query, key, mask, scaling, self.query_positions, self.key_positions, self.per_head)
-        if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):  # recompute in backward
-            self.maps[self._modules[module]] = checkpoint(_visual_map, *args, use_reentrant=False)
-        else: self.maps[self._modules[module]] = _visual_map(*args)
+        plan = self._plan
+        if plan is None or plan.made_for is not mask or plan.heads != query.shape[1] or plan.bias.shape[-1] != key.shape[2]:
+            plan = self._plan = visual_plan(mask, self.query_positions, self.key_positions, query.shape[2], key.shape[2], query.shape[1])
+        layer, attn = self._modules[module], visual_map(query, key, plan, scaling, self.per_head)
+        kept = attn if self.reduce is None else self.reduce(layer, attn)
+        if kept is not None: self.maps[layer] = kept
 
     def stack(self) -> torch.Tensor:
         "The maps in layer order, stacked: `(layers, batch, ...)`."
@@ -121,6 +224,7 @@ def capture_visual_attention(model:LlavaForConditionalGeneration, # the model th
                              layers, # LLM layer indices (0-based) to capture
                              queries:str="visual", # "visual": visual queries only; "all": every position
                              per_head:bool=False, # keep heads separate instead of averaging them
+                             reduce=None, # `reduce(layer, map)`, called as each map is made, is kept instead of it
                             ):
     "Context manager: capture the visual-key attention of `layers` during one forward pass of `model`."
     if queries not in ("visual", "all"): raise ValueError(f"queries must be 'visual' or 'all', got {queries!r}")
@@ -130,7 +234,7 @@ def capture_visual_attention(model:LlavaForConditionalGeneration, # the model th
     enable_capture(model)
     k_idx, present = visual_positions(input_ids, model.config.image_token_id)
     q_idx = k_idx if queries == "visual" else torch.arange(input_ids.shape[1], device=input_ids.device).expand(len(input_ids), -1)
-    cap = VisualAttention(list(layers), q_idx, k_idx, present, per_head,
+    cap = VisualAttention(list(layers), q_idx, k_idx, present, per_head, reduce,
                           _modules={blocks[l].self_attn: l for l in layers})
     checkpointed = {l: blocks[l].gradient_checkpointing for l in layers}
     for l in layers: blocks[l].gradient_checkpointing = False  # a replayed layer would run without the capture

@@ -21,24 +21,26 @@ import transformers
 from PIL import Image
 
 from .analysis import analyze_attention
-from .attention import _block, capture_visual_attention, visual_positions
+from .attention import _block, visual_positions
 from .checkpoints import make_processor, word_tokenizer
 from .models import PairPreset, build_pair, depth_faithful, dummy_batch, get_preset, preset_parameters
 from .objective import DistillationLoss
+from .train import distillation_terms
 from .vat import OFFICIAL_WINDOWS, LayerMatching, band_matching, group_teacher_maps, official_matching
 
 # %% auto #0
-__all__ = ['MODES', 'PEAK_BF16_TFLOPS', 'TARGETS', 'bench_preset', 'bench_matching', 'bench_step', 'peak_tflops',
-           'flops_per_token', 'step_flops', 'run_bench', 'bench_ratios', 'format_table', 'analysis_throughput',
-           'machine_info', 'bench_command']
+__all__ = ['MODES', 'PEAK_BF16_TFLOPS', 'CPU_MEMORY_ENV', 'TARGETS', 'bench_preset', 'bench_matching', 'bench_steps',
+           'bench_step', 'peak_tflops', 'flops_per_token', 'step_flops', 'run_bench', 'bench_ratios', 'format_table',
+           'analysis_throughput', 'machine_info', 'bench_command']
 
 # %% ../nbs/13_bench.ipynb #5decd350
 def bench_preset(name:str|None=None, # a preset, or NAME-depth for its depth-faithful copy; None: the device's default
                  device:str="cpu", # where the benchmark runs
+                 head_dim:int=4, # width per attention head of a depth-faithful copy
                 ) -> PairPreset:
     "The pair to benchmark: `full-depth` on a CPU and `full` on a GPU unless named."
     if name is None: name = "full-depth" if torch.device(device).type == "cpu" else "full"
-    return depth_faithful(name.removesuffix("-depth")) if name.endswith("-depth") else get_preset(name)
+    return depth_faithful(name.removesuffix("-depth"), head_dim) if name.endswith("-depth") else get_preset(name)
 
 # %% ../nbs/13_bench.ipynb #b3985835
 def bench_matching(teacher_depth:int, # teacher LLM layers
@@ -59,26 +61,16 @@ def _with_labels(batch:dict, image_token_id:int) -> dict:
 
 # %% ../nbs/13_bench.ipynb #5ba19863
 def _terms(mode:str, teacher, student, batch:dict, matching:LayerMatching, objective:DistillationLoss) -> dict:
-    "The loss terms of one distillation step in `mode`; the student's graph is built, the teacher runs without."
-    t_in = {k: v for k, v in batch.items() if k != "labels"}
-    if mode == "kd":
-        out = student(**batch)
-        with torch.no_grad(): t_logits = teacher(**t_in).logits
-        return objective(out.loss, out.logits, t_logits, batch["labels"])
-    if mode == "vat":
-        with capture_visual_attention(student, batch["input_ids"], matching.student_layers) as s_cap: out = student(**batch)
-        with torch.no_grad(), capture_visual_attention(teacher, batch["input_ids"], matching.teacher_layers) as t_cap:
-            t_logits = teacher(**t_in).logits
-        s_maps, t_maps, present = s_cap.stack(), t_cap.maps, s_cap.present
-    else:  # eager: every layer's full map comes back; cut the visual block out of the matched ones
-        pos, present = visual_positions(batch["input_ids"], student.config.image_token_id)
-        out = student(**batch, output_attentions=True)
-        with torch.no_grad(): t_out = teacher(**t_in, output_attentions=True)
-        t_logits = t_out.logits
-        cut = lambda attn: _block(attn.mean(1, dtype=torch.float32), pos)
-        s_maps = torch.stack([cut(out.attentions[l]) for l in matching.student_layers])
-        t_maps = {l: cut(t_out.attentions[l]) for l in matching.teacher_layers}
-    return objective(out.loss, out.logits, t_logits, batch["labels"], s_maps, group_teacher_maps(t_maps, matching), present)
+    "The loss terms of one step in `mode`: the trainer's own computation for kd and vat, the straightforward one for eager."
+    if mode != "eager": return distillation_terms(student, batch, objective, teacher, matching if mode == "vat" else None)[0]
+    pos, present = visual_positions(batch["input_ids"], student.config.image_token_id)
+    cut = lambda attn: _block(attn.mean(1, dtype=torch.float32), pos)  # the visual block of a full map, head mean
+    with torch.no_grad(): t_out = teacher(**{k: v for k, v in batch.items() if k != "labels"}, output_attentions=True)
+    out = student(**batch, output_attentions=True)  # every layer's full maps of both models are now held
+    s_maps = torch.stack([cut(out.attentions[l]) for l in matching.student_layers])
+    t_maps = group_teacher_maps({l: cut(t_out.attentions[l]) for l in matching.teacher_layers}, matching)
+    return objective(out.loss, out.logits, t_out.logits, batch["labels"], s_maps, t_maps, present)
+
 
 # %% ../nbs/13_bench.ipynb #75f4c4fb
 def _peak_rss_mb() -> float:
@@ -91,45 +83,60 @@ def _rss_mb() -> float:
     with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 # %% ../nbs/13_bench.ipynb #a1b72a49
-def bench_step(mode:str, # "kd", "vat" or "eager"
-               preset:str|None=None, # see `bench_preset`
-               device:str="cpu", # "cpu" or "cuda"
-               batch_size:int=2, # samples per step
-               text_tokens:int=64, # text tokens after the image placeholders
-               repeats:int=3, # timed steps after one warm-up step (median reported)
-               seed:int=0, # seed of the weights and the batch
-              ) -> dict:
-    "Median time, memory and loss terms of a distillation training step in `mode`."
-    if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    p, cuda = bench_preset(preset, device), torch.device(device).type == "cuda"
+def bench_steps(modes=("kd", "vat"), # modes measured on one pair, taking turns step by step
+                preset:str|None=None, # see `bench_preset`
+                device:str="cpu", # "cpu" or "cuda"
+                batch_size:int=2, # samples per step
+                text_tokens:int=64, # text tokens after the image placeholders
+                repeats:int=5, # timed steps per mode after one warm-up step each (median reported; 0: memory only)
+                seed:int=0, # seed of the weights and the batch
+                head_dim:int=4, # width per attention head of a depth-faithful pair
+               ) -> list[dict]:
+    "Median time, memory and loss terms of a distillation training step in each mode; memory is the process's, shared by the modes."
+    bad = [m for m in modes if m not in MODES]
+    if bad: raise ValueError(f"mode must be one of {MODES}, got {bad[0]!r}")
+    if "eager" in modes and len(modes) > 1: raise ValueError("eager runs on a pair with eager attention: measure it alone")
+    p, cuda = bench_preset(preset, device, head_dim), torch.device(device).type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
-    with torch.device(device): teacher, student = build_pair(p, seed=seed, attn_implementation="eager" if mode == "eager" else "sdpa")
+    with torch.device(device): teacher, student = build_pair(p, seed=seed, attn_implementation="eager" if "eager" in modes else "sdpa")
     teacher.to(dtype).requires_grad_(False)
     student.to(dtype).train().model.vision_tower.requires_grad_(False)
     matching = bench_matching(p.teacher.depth, p.student.depth)
     batch = {k: v.to(device) for k, v in dummy_batch(student.config, batch_size, text_tokens, seed).items()}
     batch = _with_labels({**batch, "pixel_values": batch["pixel_values"].to(dtype)}, student.config.image_token_id)
-    objective = DistillationLoss(vat_weight=0 if mode == "kd" else 1)
     opt = torch.optim.AdamW([w for w in student.parameters() if w.requires_grad], lr=1e-5)
-    def step():
-        terms = _terms(mode, teacher, student, batch, matching, objective)
+    def step(mode):
+        terms = _terms(mode, teacher, student, batch, matching, DistillationLoss(vat_weight=0 if mode == "kd" else 1))
         terms["loss"].backward()
         opt.step(); opt.zero_grad(set_to_none=True)
         if cuda: torch.cuda.synchronize()
         return {k: v.item() for k, v in terms.items()}
     if cuda: torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mb()
-    first, times = step(), []
+    first, times = {m: step(m) for m in modes}, {m: [] for m in modes}
     for _ in range(repeats):
-        t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
+        for m in modes: t0 = time.perf_counter(); step(m); times[m].append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
-    seconds, seq = statistics.median(times), batch["input_ids"].shape[1]
-    flops = step_flops(p, batch_size, seq)
-    peak_tf = peak_tflops(torch.cuda.get_device_name(device)) if cuda else None
-    return dict(mode=mode, preset=p.name, device=device, dtype=str(dtype).removeprefix("torch."), batch_size=batch_size,
-                seq_len=seq, teacher_layers=p.teacher.depth, student_layers=p.student.depth, matching=str(matching),
-                seconds=round(seconds, 4), step_mib=round(peak - base, 1), peak_mib=round(peak, 1), loss=first,
-                tflops=round(flops / seconds / 1e12, 4), mfu=None if peak_tf is None else round(flops / seconds / 1e12 / peak_tf, 4))
+    seq, peak_tf = batch["input_ids"].shape[1], peak_tflops(torch.cuda.get_device_name(device)) if cuda else None
+    rows = []
+    for m in modes:
+        seconds = statistics.median(times[m]) if repeats else None
+        tflops = step_flops(p, batch_size, seq) / seconds / 1e12 if repeats else None
+        rows.append(dict(mode=m, preset=p.name, device=device, dtype=str(dtype).removeprefix("torch."), batch_size=batch_size,
+                         seq_len=seq, teacher_layers=p.teacher.depth, student_layers=p.student.depth, matching=str(matching),
+                         hidden=(p.teacher.arch["hidden_size"], p.student.arch["hidden_size"]),
+                         seconds=seconds and round(seconds, 4), step_mib=round(peak - base, 1), peak_mib=round(peak, 1),
+                         loss=first[m], tflops=tflops and round(tflops, 4),
+                         mfu=None if peak_tf is None or tflops is None else round(tflops / peak_tf, 4)))
+    return rows
+
+def bench_step(mode:str, # "kd", "vat" or "eager"
+               preset:str|None=None, # see `bench_preset`
+               **kwargs, # passed to `bench_steps`
+              ) -> dict:
+    "`bench_steps` for one mode: its memory is then its own (in a fresh process)."
+    return bench_steps((mode,), preset, **kwargs)[0]
+
 
 # %% ../nbs/13_bench.ipynb #346e0d60
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756, "H100": 989, "H200": 989, "A100": 312}  # dense, by device-name substring
@@ -161,21 +168,31 @@ def step_flops(preset:str|PairPreset, # preset name or preset
     return batch_size * (seq_len * (3 * s + t) + 2 * patches * vision)
 
 # %% ../nbs/13_bench.ipynb #2d05e24b
-def run_bench(modes=MODES, # modes to measure, each in a fresh Python process
-              **kwargs, # passed to `bench_step` (plain values: preset name, device, sizes)
+CPU_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc: every block over 64 KiB is mapped, and unmapped when freed
+
+def _bench_process(modes, env:dict|None=None, **kwargs) -> list[dict]:
+    "`bench_steps(modes, **kwargs)` in a fresh Python process (with `env` added to its environment)."
+    code = f"import json; from compodistill.bench import bench_steps; print(json.dumps(bench_steps({tuple(modes)!r}, **{kwargs!r})))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if r.returncode: raise RuntimeError(f"bench_steps({tuple(modes)!r}) failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+def run_bench(modes=MODES, # modes to measure
+              **kwargs, # passed to `bench_steps` (plain values: preset name, device, sizes)
              ) -> list[dict]:
-    "`bench_step` for each mode in its own process, so each memory peak is that mode's alone."
-    rows = []
+    "Each mode's step time (kd and vat taking turns in one process, eager in its own); its memory and first loss from a fresh process of its own."
+    timed = [[m for m in modes if m != "eager"], [m for m in modes if m == "eager"]]
+    rows = {r["mode"]: r for group in timed if group for r in _bench_process(group, **kwargs)}
+    env = CPU_MEMORY_ENV if torch.device(kwargs.get("device", "cpu")).type == "cpu" and platform.system() == "Linux" else None
     for mode in modes:
-        code = f"import json; from compodistill.bench import bench_step; print(json.dumps(bench_step({mode!r}, **{kwargs!r})))"
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if r.returncode: raise RuntimeError(f"bench_step({mode!r}) failed:\n{r.stderr[-3000:]}")
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    return rows
+        mem = _bench_process((mode,), env, **{**kwargs, "repeats": 0})[0]
+        rows[mode].update(step_mib=mem["step_mib"], peak_mib=mem["peak_mib"], loss=mem["loss"], memory_env=env)
+    return [rows[m] for m in modes]
+
 
 # %% ../nbs/13_bench.ipynb #560285e1
-TARGETS = {"vat/kd": dict(time=("<=", 1.15), memory=("<=", 1.10)),
-           "eager/vat": dict(time=(">", 1.0), memory=(">=", 3.0))}
+TARGETS = {"vat/kd": dict(time=("<=", 1.15), peak_memory=("<=", 1.10), memory=("<=", 1.10)),
+           "eager/vat": dict(time=(">", 1.0), peak_memory=(">=", 3.0), memory=(">=", 3.0))}
 _OPS = {"<=": operator.le, ">=": operator.ge, ">": operator.gt}
 
 def bench_ratios(rows:list[dict], # `bench_step` results, one per mode
@@ -204,8 +221,8 @@ def format_table(rows:list[dict], # `bench_step` results, one per mode
                      f"{l['lm']:.4g} / {l['kd']:.4g} / {l['vat']:.4g} | {r['tflops']:.3g} |" + (f" {r['mfu']:.1%} |" if mfu else ""))
     lines += ["", "| ratio | time | memory added | peak memory | target | met |", "|---|---|---|---|---|---|"]
     for name, q in bench_ratios(rows).items():
-        target = ", ".join(f"{k} {v}×" for k, v in q["targets"].items())
-        met = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in q["met"].items())
+        target = ", ".join(f"{k.replace('_', ' ')} {v}×" for k, v in q["targets"].items())
+        met = ", ".join(f"{k.replace('_', ' ')} {'yes' if v else 'no'}" for k, v in q["met"].items())
         lines.append(f"| {name} | {q['time']:.2f}× | {q['memory']:.2f}× | {q['peak_memory']:.2f}× | {target} | {met} |")
     return "\n".join(lines)
 
@@ -251,21 +268,25 @@ def bench_command(argv:list[str]|None=None, # command-line arguments after `benc
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ap.add_argument("--preset", default=None, help="pair to measure; NAME-depth for a depth-faithful copy "
                     "(default: full-depth on CPU, full on GPU)")
+    ap.add_argument("--head-dim", type=int, default=4, help="width per attention head of a depth-faithful pair")
     ap.add_argument("--batch-size", type=int, default=None, help="samples per step (default: 2 on CPU, 4 on GPU)")
     ap.add_argument("--text-tokens", type=int, default=64, help="text tokens after the image placeholders")
-    ap.add_argument("--repeats", type=int, default=3, help="timed steps per mode, after one warm-up step")
+    ap.add_argument("--repeats", type=int, default=5, help="timed steps per mode, after one warm-up step")
     ap.add_argument("--analysis-images", type=int, default=32, help="images for the analysis throughput (0: skip)")
     ap.add_argument("--out", default=None, help="JSON file to write the results to")
     a = ap.parse_args(argv)
     batch_size = a.batch_size or (2 if torch.device(a.device).type == "cpu" else 4)
-    machine = machine_info(a.device)  # before the run: the load average is other work's
-    rows = run_bench(preset=a.preset, device=a.device, batch_size=batch_size, text_tokens=a.text_tokens, repeats=a.repeats)
+    machine, start = machine_info(a.device), time.perf_counter()  # before the run: the load average is other work's
+    rows = run_bench(preset=a.preset, device=a.device, batch_size=batch_size, text_tokens=a.text_tokens, repeats=a.repeats,
+                     head_dim=a.head_dim)
     result = dict(machine=machine, rows=rows, ratios=bench_ratios(rows))
     print(f"{rows[0]['preset']} pair on {result['machine']['device_name']}, batch {batch_size} × {rows[0]['seq_len']} tokens, "
-          f"{rows[0]['dtype']}, matching {rows[0]['matching']}\n\n{format_table(rows)}")
+          f"{rows[0]['dtype']}, LLM widths {rows[0]['hidden']}, matching {rows[0]['matching']}\n\n{format_table(rows)}")
     if a.analysis_images:
         result["analysis"] = analysis_throughput(device=a.device, n_images=a.analysis_images)
         print(f"\nanalysis throughput ({result['analysis']['preset']} pair): {result['analysis']['images_per_s']} images/s")
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    print(f"\nthe benchmark took {result['wall_s']} s")
     if a.out:
         with open(a.out, "w") as f: json.dump(result, f, indent=1)
         print(f"\nwritten to {a.out}")

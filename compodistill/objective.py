@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .vat import vat_loss
+from .vat import LayerMatching, PairLosses, reduce_pair_losses, vat_loss
 
 # %% auto #0
 __all__ = ['answer_positions', 'logit_kd_loss', 'NonFiniteLossError', 'DistillationLoss']
@@ -65,6 +65,7 @@ class DistillationLoss:
     def __call__(self, lm_loss:torch.Tensor, # the student's language-model loss
                  student_logits=None, teacher_logits=None, labels=None, # for logit KD
                  student_maps=None, teacher_maps=None, present=None, # for VAT: (k, batch, n_q, N_v) maps
+                 vat_pairs=None, # or VAT's (k, batch) pair losses, already computed (`pair_losses`)
                  step:int|None=None, # training step, for error messages
                 ) -> dict:
         "The total loss and each term: {'loss', 'lm', 'kd', 'vat'} (absent terms are 0)."
@@ -72,10 +73,17 @@ class DistillationLoss:
         terms = dict(lm=lm_loss, kd=zero, vat=zero)
         if self.kd_weight and teacher_logits is not None:
             terms["kd"] = logit_kd_loss(student_logits, teacher_logits, labels, self.temperature, self.kd_kind)
-        if self.vat_weight and teacher_maps is not None:
+        if self.vat_weight and vat_pairs is not None: terms["vat"] = reduce_pair_losses(vat_pairs, present, self.vat_reduction)
+        elif self.vat_weight and teacher_maps is not None:
             terms["vat"] = vat_loss(student_maps, teacher_maps, present, self.vat_reduction, self.vat_filter)
         for name, value in terms.items():
             if not torch.isfinite(value).all():
                 raise NonFiniteLossError(f"step {step}: the {name} loss is {value.item()}")
         terms["loss"] = terms["lm"] + self.kd_weight * terms["kd"] + self.vat_weight * terms["vat"]
         return terms
+
+    def pair_losses(self, matching:LayerMatching, # the layer matching
+                    targets:torch.Tensor, # (k, batch, n_q, N_v) the teacher's group maps (`TeacherTargets`)
+                   ) -> PairLosses:
+        "The capture `reduce` that turns each student map into its VAT pair losses, with this objective's filter."
+        return PairLosses(matching, targets, self.vat_filter)

@@ -21,13 +21,13 @@ from .attention import capture_visual_attention
 from .models import check_compatible
 from .objective import DistillationLoss
 from .taf import TAFProjector, attach_taf
-from .vat import LayerMatching, group_teacher_maps
+from .vat import LayerMatching, TeacherTargets
 
 # %% auto #0
 __all__ = ['STAGES', 'LORA_TARGETS', 'PARTS', 'COMPLETE', 'STAGE_DONE', 'Stage', 'setup_stage', 'trainable_summary',
-           'last_complete_checkpoint', 'CheckpointingTrainer', 'DistillationTrainer', 'teacher_deepspeed_config',
-           'prepare_teacher', 'check_vat_capture', 'StageConfig', 'check_inputs', 'parse_stage_config', 'run_stage',
-           'train_command']
+           'last_complete_checkpoint', 'CheckpointingTrainer', 'distillation_terms', 'DistillationTrainer',
+           'teacher_deepspeed_config', 'prepare_teacher', 'check_vat_capture', 'StageConfig', 'check_inputs',
+           'parse_stage_config', 'run_stage', 'train_command']
 
 # %% ../nbs/08_training.ipynb #ae9c4745
 @dataclass(frozen=True)
@@ -114,12 +114,36 @@ class CheckpointingTrainer(Trainer):
 
 # %% ../nbs/08_training.ipynb #3c0209f9
 @torch.no_grad()
-def _teacher_forward(teacher, inputs:dict, layers):
-    "Teacher logits and (if `layers`) its captured visual maps, without gradients (`teacher` may be DeepSpeed/FSDP-wrapped)."
-    if not layers: return teacher(**inputs).logits, None
-    with capture_visual_attention(extract_model_from_parallel(teacher), inputs["input_ids"], layers) as cap:
+def _teacher_forward(teacher, inputs:dict, matching:LayerMatching|None):
+    "Teacher logits and (with a matching) VAT's group targets `(k, batch, n_q, N_v)`, without gradients (`teacher` may be DeepSpeed/FSDP-wrapped)."
+    if matching is None: return teacher(**inputs).logits, None
+    targets = TeacherTargets(matching)
+    with capture_visual_attention(extract_model_from_parallel(teacher), inputs["input_ids"], matching.teacher_layers,
+                                  reduce=targets):
         out = teacher(**inputs)  # the wrapper runs the forward (it gathers sharded weights); the capture reads the layers
-    return out.logits, cap.maps
+    return out.logits, targets.maps()
+
+def distillation_terms(model, # the student as the Trainer calls it (may be wrapped: DDP, DeepSpeed, FSDP, LoRA)
+                       inputs:dict, # the batch, with labels
+                       objective:DistillationLoss, # the loss
+                       teacher=None, # the frozen teacher (may be wrapped), or None
+                       matching:LayerMatching|None=None, # VAT's layer matching, or None for no VAT
+                       student=None, # the plain LLaVA model inside `model`, for the capture (default: `model`)
+                       step:int|None=None, # training step, for error messages
+                      ) -> tuple[dict, object]:
+    "One batch's loss terms and the student's output: the teacher first, then the student, VAT computed as its layers run."
+    if matching is not None and teacher is None: raise ValueError("VAT needs a teacher")
+    t_logits = targets = None
+    if teacher is not None:
+        t_logits, targets = _teacher_forward(teacher, {k: v for k, v in inputs.items() if k != "labels"}, matching)
+    if matching is None: out, vat = model(**inputs), {}
+    else:
+        with capture_visual_attention(student or model, inputs["input_ids"], matching.student_layers,
+                                      reduce=objective.pair_losses(matching, targets)) as cap:
+            out = model(**inputs)
+        vat = dict(vat_pairs=cap.stack(), present=cap.present)
+    return objective(out.loss, out.logits, t_logits, inputs["labels"], step=step, **vat), out
+
 
 # %% ../nbs/08_training.ipynb #e291cf0d
 class DistillationTrainer(CheckpointingTrainer):
@@ -145,17 +169,8 @@ class DistillationTrainer(CheckpointingTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         "LM + KD + VAT for one batch; the terms are kept for logging."
-        inputs, m = dict(inputs), self.matching
-        if m is not None:
-            with capture_visual_attention(self._student(), inputs["input_ids"], m.student_layers) as s_cap:
-                out = model(**inputs)
-        else: out = model(**inputs)
-        t_logits = t_maps = None
-        if self.teacher is not None:
-            t_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            t_logits, t_maps = _teacher_forward(self.teacher, t_inputs, m.teacher_layers if m is not None else None)
-        vat_args = (s_cap.stack(), group_teacher_maps(t_maps, m), s_cap.present) if m is not None else (None,) * 3
-        terms = self.objective(out.loss, out.logits, t_logits, inputs["labels"], *vat_args, step=self.state.global_step)
+        terms, out = distillation_terms(model, dict(inputs), self.objective, self.teacher, self.matching, self._student(),
+                                        self.state.global_step)
         for k in ("lm", "kd", "vat"): self._terms[k] = self._terms.get(k, 0.0) + terms[k].detach().float().item()
         self._terms["n"] = self._terms.get("n", 0) + 1
         return (terms["loss"], out) if return_outputs else terms["loss"]

@@ -15,7 +15,7 @@ from .analysis import middle_band
 # %% auto #0
 __all__ = ['OFFICIAL_WINDOWS', 'OFFICIAL_K', 'LayerMatching', 'group_matching', 'official_matching', 'band_matching',
            'simple_matching', 'adaptive_matching', 'report_matching', 'group_teacher_maps', 'outlier_filter',
-           'pool_over_queries', 'vat_pair_losses', 'vat_loss']
+           'pool_over_queries', 'vat_pair_losses', 'vat_loss', 'reduce_pair_losses', 'TeacherTargets', 'PairLosses']
 
 # %% ../nbs/05_vat.ipynb #7b911215
 @dataclass(frozen=True)
@@ -137,8 +137,8 @@ def outlier_filter(student:torch.Tensor, # (..., n_q, N_v) student maps
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     "Zero, in both maps, every entry above mean + std (over the map's entries) in either map."
     def small(x):
-        flat = x.detach().flatten(-2)
-        return x.detach() <= (flat.mean(-1) + flat.std(-1))[..., None, None]
+        std, mean = torch.std_mean(x.detach().flatten(-2), -1)
+        return x.detach() <= (mean + std)[..., None, None]
     keep = small(student) & small(teacher)
     return student * keep, teacher * keep
 
@@ -171,9 +171,47 @@ def vat_loss(student:torch.Tensor, # (k, batch, n_q, N_v) student maps of the ma
              filter_outliers:bool=True, # apply the mean + std outlier filter
             ) -> torch.Tensor:
     "The VAT loss: pair losses reduced over pairs, averaged over the samples that have an image."
+    return reduce_pair_losses(vat_pair_losses(student, teacher, filter_outliers), present, reduction)
+
+def reduce_pair_losses(pairs:torch.Tensor, # (k, batch) losses of the matched pairs
+                       present:torch.Tensor|None=None, # (batch,) which samples have an image (default: all)
+                       reduction:str="sum", # over pairs: "sum" (official code) or "mean" (paper's equation)
+                      ) -> torch.Tensor:
+    "Pair losses summed (or averaged) over pairs, then averaged over the samples that have an image."
     if reduction not in ("sum", "mean"): raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    pairs = vat_pair_losses(student, teacher, filter_outliers)
     per_sample = pairs.sum(0) if reduction == "sum" else pairs.mean(0)
     present = torch.ones_like(per_sample, dtype=torch.bool) if present is None else present.to(per_sample.device)
     if not present.any(): return per_sample.sum() * 0  # keeps the graph, contributes nothing
     return per_sample[present].mean()
+
+# %% ../nbs/05_vat.ipynb #393a4202
+class TeacherTargets:
+    "A capture `reduce` for the teacher: adds each layer's map into the group averages of a matching, keeps nothing else."
+    def __init__(self, matching:LayerMatching): self.matching, self._sum, self._seen = matching, None, set()
+
+    def __call__(self, layer:int, attn:torch.Tensor) -> None:
+        "Add `attn` (batch, n_q, N_v) of teacher `layer` to every group that contains the layer."
+        if self._sum is None: self._sum = attn.new_zeros((len(self.matching.teacher_groups), *attn.shape))
+        for j, group in enumerate(self.matching.teacher_groups):
+            if layer in group: self._sum[j] += attn / len(group)
+        self._seen.add(layer)
+
+    def maps(self) -> torch.Tensor:
+        "The group-averaged teacher maps `(k, batch, n_q, N_v)`, as `group_teacher_maps` gives them."
+        missing = [l for l in self.matching.teacher_layers if l not in self._seen]
+        if missing: raise KeyError(f"teacher maps missing for layers {missing}: did the teacher run inside the capture?")
+        return self._sum
+
+class PairLosses:
+    "A capture `reduce` for the student: each matched layer's map becomes that pair's VAT loss per sample, `(batch,)`."
+    def __init__(self, matching:LayerMatching, # the layer matching
+                 targets:torch.Tensor, # (k, batch, n_q, N_v) the teacher's group maps
+                 filter_outliers:bool=True, # apply the mean + std outlier filter
+                ):
+        self.targets, self.filter_outliers = targets, filter_outliers
+        self.pair = {l: j for j, l in enumerate(matching.student_layers)}
+
+    def __call__(self, layer:int, attn:torch.Tensor) -> torch.Tensor:
+        "The pair loss of student `layer`, from its map `attn` (batch, n_q, N_v) and its group's target."
+        return vat_pair_losses(attn, self.targets[self.pair[layer]], self.filter_outliers)
+

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from compodistill.attention import (CAPTURE_ATTENTION, _block, capture_visual_attention,
-                                    visual_attention_probs, visual_positions)
+                                    visual_attention_probs, visual_map, visual_plan, visual_positions)
 from compodistill.models import build_llava, build_pair, depth_faithful, dummy_batch, preset_config
 
 PADS = ((0, 0), (4, 0), (0, 3), (2, 2))
@@ -80,8 +80,8 @@ def test_gradient_of_captured_map_matches_eager():
 def test_only_chosen_layers_compute_probabilities(monkeypatch):
     import compodistill.attention as att
     calls = []
-    real = att.visual_attention_probs
-    monkeypatch.setattr(att, "visual_attention_probs", lambda *a: calls.append(1) or real(*a))
+    real = att.visual_map
+    monkeypatch.setattr(att, "visual_map", lambda *a: calls.append(1) or real(*a))
     _, fast, cfg = _models()
     batch = dummy_batch(cfg, pads=PADS)
     with torch.no_grad():
@@ -148,6 +148,29 @@ def test_probs_kernel_handles_float_additive_masks():
     b = visual_attention_probs(q, k, additive, 8 ** -.5, idx, idx)
     c = visual_attention_probs(q, k, None, 8 ** -.5, idx, idx)
     assert torch.allclose(a, b) and torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("queries", ["visual", "all"])
+@pytest.mark.parametrize("per_head", [False, True])
+def test_blocked_kernel_matches_the_equation_in_values_and_gradients(queries, per_head):
+    """GQA, a left-padded sample whose first rows see nothing, scattered visual keys, one row per block."""
+    torch.manual_seed(0)
+    q, k = torch.randn(3, 6, 14, 8, requires_grad=True), torch.randn(3, 2, 14, 8, requires_grad=True)
+    mask = torch.ones(3, 1, 14, 14, dtype=torch.bool).tril()
+    mask[1, :, :, :4] = False
+    vis = torch.tensor([[2, 3, 4, 5, 6, 7], [4, 6, 7, 9, 12, 13], [8, 9, 10, 11, 12, 13]])
+    q_idx = vis if queries == "visual" else torch.arange(14).expand(3, -1)
+    ref = visual_attention_probs(q, k, mask, 8 ** -.5, q_idx, vis)
+    ref = ref if per_head else ref.mean(1)
+    for block_bytes in (1, 4 * 6 * 14 * 5, None):           # one row, five rows, the device's default
+        plan = visual_plan(mask, q_idx, vis, 14, 14, heads=6, block_bytes=block_bytes)
+        got = visual_map(q, k, plan, 8 ** -.5, per_head)
+        g = torch.randn_like(ref)
+        assert (got - ref).abs().max() < 1e-6
+        for a, b in zip(torch.autograd.grad((got * g).sum(), (q, k)), torch.autograd.grad((ref * g).sum(), (q, k), retain_graph=True)):
+            assert (a - b).abs().max() < 1e-5
+    assert len(visual_plan(mask, q_idx, vis, 14, 14, heads=6, block_bytes=1).blocks[0]) == q_idx.shape[1]
+    assert visual_plan(None, vis, vis, 14, 14, heads=6, block_bytes=1).blocks[0][0].keys == 3   # row at position 2 sees keys 0..2
 
 
 def test_capture_under_gradient_checkpointing_gives_the_same_gradients():

@@ -33,11 +33,17 @@ def test_vat_and_eager_give_the_same_loss(tiny_rows):
     assert v["lm"] == tiny_rows["kd"]["loss"]["lm"]  # same weights and batch in every mode
 
 
+def test_memory_only_step_reports_no_time():
+    r = bench_step("kd", "tiny", repeats=0)
+    assert r["seconds"] is None and r["tflops"] is None and r["peak_mib"] > 0
+
+
 def test_unknown_mode_and_presets():
     with pytest.raises(ValueError, match="mode must be one of"): bench_step("flash", "tiny")
     assert (bench_preset().teacher.depth, bench_preset().student.depth) == (40, 24)
     assert bench_preset().teacher.arch["hidden_size"] < 100  # the CPU default is the depth-faithful copy
     assert bench_preset(device="cuda").name == "full"
+    assert bench_preset(head_dim=8).teacher.arch["hidden_size"] == 8 * 20 and bench_preset(head_dim=8).teacher.depth == 40
     m = bench_matching(40, 24)
     assert m.strategy == "official" and len(m.student_layers) == 7 and len(m.teacher_layers) == 11
     assert bench_matching(6, 4).strategy == "group"
@@ -67,10 +73,11 @@ def test_ratios_and_table():
                  loss=dict(lm=1, kd=.5, vat=.2, loss=1.7))]
     q = bench_ratios(rows)
     assert q["vat/kd"]["time"] == pytest.approx(1.1) and q["vat/kd"]["memory"] == pytest.approx(1.2)
-    assert q["vat/kd"]["met"] == dict(time=True, memory=False)
-    assert q["eager/vat"]["memory"] == pytest.approx(4.0) and q["eager/vat"]["met"] == dict(time=True, memory=True)
+    assert q["vat/kd"]["met"] == dict(time=True, peak_memory=True, memory=False)
+    assert q["eager/vat"]["memory"] == pytest.approx(4.0)
+    assert q["eager/vat"]["met"] == dict(time=True, peak_memory=False, memory=True)   # 900 / 520 < 3
     table = format_table(rows)
-    assert "| vat/kd | 1.10× | 1.20× | 1.04× |" in table and "time yes, memory no" in table
+    assert "| vat/kd | 1.10× | 1.20× | 1.04× |" in table and "time yes, peak memory yes, memory no" in table
     assert "MFU" not in table and "MFU" in format_table([{**r, "mfu": .4} for r in rows])
     assert "eager/vat" not in bench_ratios(rows[:2])
     flat = bench_ratios([rows[0], {**rows[1], "step_mib": 0}, rows[2]])  # a step that added no resident memory
@@ -87,4 +94,5 @@ def test_command_prints_table_and_writes_json(tmp_path, capsys):
     assert [r["mode"] for r in data["rows"]] == list(MODES) and all(r["seq_len"] == 24 for r in data["rows"])
     assert {"date", "torch", "cpu_count", "device_name"} <= set(data["machine"]) and data["machine"]["cpu_count"] >= 1
     assert data["analysis"]["images"] == 2 and data["analysis"]["images_per_s"] > 0
+    assert all(r["memory_env"] == {"MALLOC_MMAP_THRESHOLD_": "65536"} for r in data["rows"])  # memory from its own run
     assert set(data["ratios"]) == {"vat/kd", "eager/vat"}

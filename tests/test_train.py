@@ -292,6 +292,7 @@ from compodistill.attention import capture_visual_attention
 from compodistill.checkpoints import word_tokenizer
 from compodistill.models import build_pair, dummy_batch
 from compodistill.train import _teacher_forward, prepare_teacher
+from compodistill.vat import group_matching
 
 acc = Accelerator(cpu=True)                                   # MULTI_CPU with gloo
 assert acc.num_processes == 2
@@ -299,7 +300,8 @@ tok = word_tokenizer("what colour is the red blue ?".split())
 torch.manual_seed(0)
 teacher, student = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
 batch = {k: v for k, v in dummy_batch(teacher.config, batch_size=2).items() if k != "labels"}
-ref_logits, ref_maps = _teacher_forward(teacher, batch, [1, 4])
+matching = group_matching(range(1, 5), range(0, 2), 6, 4)   # teacher layers 1-4 in groups of 3
+ref_logits, ref_maps = _teacher_forward(teacher, batch, matching)
 def student_step(model, plain, sharded=True):
     "VAT maps of a student's forward pass, and the squared norm of the gradient of logits + maps (summed over shards)."
     with capture_visual_attention(plain, batch["input_ids"], [0, 2]) as cap: out = model(**batch)
@@ -323,7 +325,7 @@ for version in (1, 2):
     full = sum(p.numel() for p in teacher.parameters())
     local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in t.parameters())  # this process's shard
     assert local < 0.6 * full, (local, full)                    # each process holds about half the teacher
-    logits, maps = _teacher_forward(t, batch, [1, 4])
+    logits, maps = _teacher_forward(t, batch, matching)
     torch.testing.assert_close(logits, ref_logits); torch.testing.assert_close(maps, ref_maps)
     s = copy.deepcopy(student)
     s = fsdp2_prepare_model(acc, s) if version == 2 else acc.prepare_model(s)
@@ -348,3 +350,13 @@ def test_fsdp_teacher_and_vat_capture_on_two_processes(tmp_path):
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("fsdp1 ok") == 2 and r.stdout.count("fsdp2 ok") == 2
+
+
+def test_distillation_terms_refuses_vat_without_a_teacher():
+    from compodistill.models import build_pair, dummy_batch
+    from compodistill.objective import DistillationLoss
+    from compodistill.train import distillation_terms
+    from compodistill.vat import group_matching
+    _, student = build_pair("tiny")
+    with pytest.raises(ValueError, match="VAT needs a teacher"):
+        distillation_terms(student, dummy_batch(student.config), DistillationLoss(), matching=group_matching(range(3), range(2), 6, 4))

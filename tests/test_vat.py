@@ -99,3 +99,31 @@ def test_loss_backpropagates_only_into_the_student_and_skips_text_only_samples()
     assert s.grad[:, 1].abs().sum() == 0 and s.grad[:, 0].abs().sum() > 0
     none = vat_loss(s, t, present=torch.zeros(3, dtype=torch.bool))
     assert none.item() == 0 and none.requires_grad
+
+
+def test_one_pass_vat_equals_vat_on_kept_maps_with_gradients():
+    """Teacher targets accumulated as the layers run, student pair losses made as its layers run: the same loss and
+    gradients as `vat_loss` on every kept map — and the teacher keeps no map."""
+    from compodistill.attention import capture_visual_attention
+    from compodistill.models import build_pair, dummy_batch
+    from compodistill.vat import PairLosses, TeacherTargets, reduce_pair_losses
+    teacher, student = build_pair("tiny")
+    student.train()
+    batch = dummy_batch(student.config, pads=((0, 0), (3, 0), (0, 2)), text_only=(2,))
+    m = group_matching(range(1, 5), range(1, 3), 6, 4)
+    weight = student.model.language_model.layers[2].self_attn.k_proj.weight
+    with torch.no_grad(), capture_visual_attention(teacher, batch["input_ids"], m.teacher_layers) as t_cap: teacher(**batch)
+    with capture_visual_attention(student, batch["input_ids"], m.student_layers) as s_cap: student(**batch)
+    kept = vat_loss(s_cap.stack(), group_teacher_maps(t_cap.maps, m), s_cap.present, reduction="mean")
+    g_kept = torch.autograd.grad(kept, weight)[0]
+    targets = TeacherTargets(m)
+    with pytest.raises(KeyError, match="missing for layers"): targets.maps()
+    with torch.no_grad(), capture_visual_attention(teacher, batch["input_ids"], m.teacher_layers, reduce=targets) as t2:
+        teacher(**batch)
+    assert t2.maps == {} and torch.allclose(targets.maps(), group_teacher_maps(t_cap.maps, m), atol=1e-7)
+    with capture_visual_attention(student, batch["input_ids"], m.student_layers, reduce=PairLosses(m, targets.maps())) as s2:
+        student(**batch)
+    assert s2.stack().shape == (2, 3)
+    one_pass = reduce_pair_losses(s2.stack(), s2.present, reduction="mean")
+    assert torch.allclose(one_pass, kept, atol=1e-6)
+    assert torch.allclose(torch.autograd.grad(one_pass, weight)[0], g_kept, atol=1e-6) and g_kept.abs().sum() > 0
