@@ -222,6 +222,9 @@ def pipeline_command(argv:list[str]|None=None, # command-line arguments after `p
     ap.add_argument("--print-commands", action="store_true", help="print one training command per stage to run")
     ap.add_argument("settings", nargs="*", metavar="root=DIR|data_root=DIR|seed=N")
     args = ap.parse_args(argv)
+    if args.only:  # `--only a b root=DIR`: the settings after the stage names are settings, not stages
+        args.settings += [s for s in args.only if "=" in s]
+        args.only = [s for s in args.only if "=" not in s]
     path = pipeline_path(args)
     bad = [s for s in args.settings if s.partition("=")[0] not in ("root", "data_root", "seed")]
     if bad: ap.error(f"only root=..., data_root=... and seed=... may be set here, got {bad}")

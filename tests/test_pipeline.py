@@ -63,6 +63,9 @@ def test_pipeline_command_dry_run_and_commands(tmp_path, toy_world):
     r = subprocess.run(cli + ["--print-commands", "--only", "dpt"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.count("accelerate launch -m compodistill.cli train") == 1
     assert "stage=dpt" in r.stdout and f"output_dir={tmp_path / 'runs' / 'dpt'}" in r.stdout
+    r = subprocess.run(cli + ["--print-commands", "--only", "dpt", f"root={tmp_path / 'elsewhere'}"], capture_output=True,
+                       text=True, timeout=120)                 # settings after the stage names are still settings
+    assert r.returncode == 0 and f"output_dir={tmp_path / 'elsewhere' / 'dpt'}" in r.stdout, r.stderr
     r = subprocess.run(cli + ["bogus=1"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "only root=..., data_root=... and seed=..." in r.stderr
 
