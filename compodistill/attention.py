@@ -85,15 +85,15 @@ class VisualPlan:
     blocks: list  # per sample, its `_Block`s
 
 def _sample_blocks(row_last:list, k_pos:torch.Tensor, per:int, kv_len:int) -> list:
-    "The blocks of one sample: `per` rows each, cut after the last key any of their rows may attend."
-    n = k_pos.shape[0]
-    run = n == 0 or int(k_pos[-1]) - int(k_pos[0]) == n - 1
-    starts = range(0, len(row_last), per)
-    ends = [min(s + per, len(row_last)) for s in starts]
-    keys = [kv_len if min(row_last[s:e]) < 0 else max(row_last[s:e]) + 1 for s, e in zip(starts, ends)]
-    n_vis = torch.searchsorted(k_pos, torch.tensor(keys, device=k_pos.device)).tolist() if keys else []
-    return [_Block(s, e, k, v, slice(int(k_pos[0]), int(k_pos[0]) + v) if run and n else k_pos[:v], min(row_last[s:e]) < 0)
-            for s, e, k, v in zip(starts, ends, keys, n_vis)]
+    "The blocks of one sample: `per` rows each, cut after the last key any of their rows may attend (-1: none)."
+    spans = [(s, min(s + per, len(row_last))) for s in range(0, len(row_last), per)]
+    masked = [min(row_last[s:e]) < 0 for s, e in spans]
+    keys = [kv_len if m else max(row_last[s:e]) + 1 for (s, e), m in zip(spans, masked)]
+    n_vis = torch.searchsorted(k_pos, torch.tensor(keys, dtype=k_pos.dtype, device=k_pos.device)).tolist()
+    first = int(k_pos[0]) if len(k_pos) else 0
+    run = len(k_pos) == 0 or int(k_pos[-1]) - first == len(k_pos) - 1  # one image: its keys are one run of positions
+    return [_Block(s, e, k, v, slice(first, first + v) if run else k_pos[:v], m)
+            for (s, e), k, v, m in zip(spans, keys, n_vis, masked)]
 
 def visual_plan(mask:torch.Tensor|None, # SDPA mask (batch, 1, seq, kv_len), or None for causal
                 q_idx:torch.Tensor, # (batch, n_q) query positions to keep

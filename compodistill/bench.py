@@ -105,8 +105,9 @@ def bench_steps(modes=("kd", "vat"), # modes measured on one pair, taking turns 
     batch = {k: v.to(device) for k, v in dummy_batch(student.config, batch_size, text_tokens, seed).items()}
     batch = _with_labels({**batch, "pixel_values": batch["pixel_values"].to(dtype)}, student.config.image_token_id)
     opt = torch.optim.AdamW([w for w in student.parameters() if w.requires_grad], lr=1e-5)
+    objectives = {m: DistillationLoss(vat_weight=0 if m == "kd" else 1) for m in modes}
     def step(mode):
-        terms = _terms(mode, teacher, student, batch, matching, DistillationLoss(vat_weight=0 if mode == "kd" else 1))
+        terms = _terms(mode, teacher, student, batch, matching, objectives[mode])
         terms["loss"].backward()
         opt.step(); opt.zero_grad(set_to_none=True)
         if cuda: torch.cuda.synchronize()

@@ -193,7 +193,7 @@ class TeacherTargets:
         "Add `attn` (batch, n_q, N_v) of teacher `layer` to every group that contains the layer."
         if self._sum is None: self._sum = attn.new_zeros((len(self.matching.teacher_groups), *attn.shape))
         for j, group in enumerate(self.matching.teacher_groups):
-            if layer in group: self._sum[j] += attn / len(group)
+            if layer in group: self._sum[j].add_(attn, alpha=1 / len(group))
         self._seen.add(layer)
 
     def maps(self) -> torch.Tensor:

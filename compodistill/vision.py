@@ -100,9 +100,9 @@ def collate_scenes(samples:list[dict]) -> dict:
     "Stack the samples of a `SceneDataset` into a batch."
     return {k: torch.stack([s[k] for s in samples]) for k in ("pixel_values", "targets")}
 
-def _batches(data:SceneDataset, size:int=64):
+def _batches(data:SceneDataset, size:int=64) -> torch.utils.data.DataLoader:
     "The dataset in order, as batches of `size` scenes."
-    for i in range(0, len(data), size): yield collate_scenes([data[j] for j in range(i, min(i + size, len(data)))])
+    return torch.utils.data.DataLoader(data, batch_size=size, collate_fn=collate_scenes)
 
 
 # %% ../nbs/08b_vision.ipynb #b9744ae8
