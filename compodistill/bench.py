@@ -126,9 +126,8 @@ def bench_steps(modes=("kd", "vat"), # modes measured on one pair, taking turns 
         rows.append(dict(mode=m, preset=p.name, device=device, dtype=str(dtype).removeprefix("torch."), batch_size=batch_size,
                          seq_len=seq, teacher_layers=p.teacher.depth, student_layers=p.student.depth, matching=str(matching),
                          hidden=(p.teacher.arch["hidden_size"], p.student.arch["hidden_size"]),
-                         seconds=seconds and round(seconds, 4), step_mib=round(peak - base, 1), peak_mib=round(peak, 1),
-                         loss=first[m], tflops=tflops and round(tflops, 4),
-                         mfu=None if peak_tf is None or tflops is None else round(tflops / peak_tf, 4)))
+                         seconds=seconds, step_mib=round(peak - base, 1), peak_mib=round(peak, 1), loss=first[m],
+                         tflops=tflops, mfu=None if peak_tf is None or tflops is None else tflops / peak_tf))
     return rows
 
 def bench_step(mode:str, # "kd", "vat" or "eager"
@@ -244,8 +243,8 @@ def analysis_throughput(preset:str="small", # pair to analyse (random weights)
     run = lambda recs: analyze_attention(teacher, {"student": student}, processor, recs, batch_size=batch_size, progress=False)
     run(records[:batch_size])
     t0 = time.perf_counter(); run(records); seconds = time.perf_counter() - t0
-    return dict(preset=preset, device=device, images=n_images, batch_size=batch_size, seconds=round(seconds, 3),
-                images_per_s=round(n_images / seconds, 2))
+    return dict(preset=preset, device=device, images=n_images, batch_size=batch_size, seconds=seconds,
+                images_per_s=n_images / seconds)
 
 # %% ../nbs/13_bench.ipynb #d2fcaf48
 def machine_info(device:str="cpu", # the benchmark's device
@@ -285,7 +284,7 @@ def bench_command(argv:list[str]|None=None, # command-line arguments after `benc
           f"{rows[0]['dtype']}, LLM widths {rows[0]['hidden']}, matching {rows[0]['matching']}\n\n{format_table(rows)}")
     if a.analysis_images:
         result["analysis"] = analysis_throughput(device=a.device, n_images=a.analysis_images)
-        print(f"\nanalysis throughput ({result['analysis']['preset']} pair): {result['analysis']['images_per_s']} images/s")
+        print(f"\nanalysis throughput ({result['analysis']['preset']} pair): {result['analysis']['images_per_s']:.3g} images/s")
     result["wall_s"] = round(time.perf_counter() - start, 1)
     print(f"\nthe benchmark took {result['wall_s']} s")
     if a.out:

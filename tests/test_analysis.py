@@ -86,7 +86,7 @@ def test_read_records_errors_name_file_and_record(tmp_path):
 def _cli(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([str(Path(sys.executable).parent / "compodistill"), "analyze", *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=1800)
 
 
 def test_analyze_command_writes_report_and_figures(pair, tmp_path):

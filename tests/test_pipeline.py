@@ -58,15 +58,15 @@ def test_pipeline_checks_every_stage_before_any_work(tmp_path, toy_world):
 def test_pipeline_command_dry_run_and_commands(tmp_path, toy_world):
     _write(tmp_path, toy_world, **STAGES)
     cli = [str(Path(sys.executable).parent / "compodistill"), "pipeline", "--config", str(tmp_path / "p.yaml")]
-    r = subprocess.run(cli + ["--dry-run"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cli + ["--dry-run"], capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0 and r.stdout.count("would run") == 5, r.stderr
-    r = subprocess.run(cli + ["--print-commands", "--only", "dpt"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cli + ["--print-commands", "--only", "dpt"], capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0 and r.stdout.count("accelerate launch -m compodistill.cli train") == 1
     assert "stage=dpt" in r.stdout and f"output_dir={tmp_path / 'runs' / 'dpt'}" in r.stdout
     r = subprocess.run(cli + ["--print-commands", "--only", "dpt", f"root={tmp_path / 'elsewhere'}"], capture_output=True,
-                       text=True, timeout=120)                 # settings after the stage names are still settings
+                       text=True, timeout=1800)                 # settings after the stage names are still settings
     assert r.returncode == 0 and f"output_dir={tmp_path / 'elsewhere' / 'dpt'}" in r.stdout, r.stderr
-    r = subprocess.run(cli + ["bogus=1"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cli + ["bogus=1"], capture_output=True, text=True, timeout=1800)
     assert r.returncode != 0 and "only root=..., data_root=... and seed=..." in r.stderr
 
 

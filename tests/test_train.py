@@ -196,7 +196,7 @@ def test_train_command_yaml_and_overrides(toy_world, tmp_path):
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _launch(tmp_path, common, launch_args, timeout=300, **stage):
+def _launch(tmp_path, common, launch_args, timeout=1800, **stage):
     """Run a DFT stage with `accelerate launch <launch_args> -m compodistill.cli train` on the toy world."""
     import os
     import subprocess
@@ -346,7 +346,7 @@ def test_fsdp_teacher_and_vat_capture_on_two_processes(tmp_path):
     script.write_text(FSDP_SCRIPT)
     torchrun = Path(sys.executable).parent / "torchrun"
     r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29535", str(script)],
-                       capture_output=True, text=True, timeout=300,
+                       capture_output=True, text=True, timeout=1800,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("fsdp1 ok") == 2 and r.stdout.count("fsdp2 ok") == 2
