@@ -25,7 +25,7 @@ from .attention import _block, visual_positions
 from .checkpoints import make_processor, word_tokenizer
 from .models import PairPreset, build_pair, depth_faithful, dummy_batch, get_preset, preset_parameters
 from .objective import DistillationLoss
-from .train import distillation_terms
+from .trainer import distillation_terms
 from .vat import OFFICIAL_WINDOWS, LayerMatching, band_matching, group_teacher_maps, official_matching
 
 # %% auto #0

@@ -5,6 +5,7 @@
 # %% ../nbs/00a_checkpoints.ipynb #cf4e64fc
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,15 +15,16 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoProcessor,
                           AutoTokenizer, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast,
-                          SiglipImageProcessorPil)
+                          SiglipImageProcessorPil, Trainer)
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from transformers.utils import logging as hf_logging
 
 from .models import PairPreset, llava_config, preset_config, visual_token_count
 
 # %% auto #0
-__all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'SPECIAL_TOKENS', 'IMAGE_TOKEN', 'split_words', 'word_tokenizer', 'make_processor',
-           'add_image_token', 'assemble_llava', 'save_llava', 'load_llava', 'save_random_parts']
+__all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'SPECIAL_TOKENS', 'IMAGE_TOKEN', 'COMPLETE', 'split_words', 'word_tokenizer',
+           'make_processor', 'add_image_token', 'assemble_llava', 'save_llava', 'load_llava', 'save_random_parts',
+           'last_complete_checkpoint', 'CheckpointingTrainer']
 
 # %% ../nbs/00a_checkpoints.ipynb #9f153ac7
 SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
@@ -209,3 +211,20 @@ def save_random_parts(root:str|Path, # directory to write `llm/` and `vision/` i
     s = cfg.vision_config.image_size
     SiglipImageProcessorPil(size={"height": s, "width": s}).save_pretrained(root / "vision")
     return root / "llm", root / "vision"
+
+# %% ../nbs/00a_checkpoints.ipynb #929edbcc
+COMPLETE = "COMPLETE"
+
+def last_complete_checkpoint(output_dir:str|Path, # a run's output directory
+                            ) -> str|None:
+    "The newest `checkpoint-N` folder that was completely written, or None."
+    done = [p for p in Path(output_dir).glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name[11:].isdigit()]
+    return str(max(done, key=lambda p: int(p.name[11:]))) if done else None
+
+class CheckpointingTrainer(Trainer):
+    "A Trainer whose checkpoints end with a `COMPLETE` marker, so that resuming never starts from a partial one."
+    def _save_checkpoint(self, model, trial):
+        "Save a Trainer checkpoint, then mark it complete (resume only trusts marked checkpoints)."
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save: (folder / COMPLETE).write_text(json.dumps({"step": self.state.global_step}))

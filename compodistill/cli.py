@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -24,11 +25,11 @@ from .checkpoints import (assemble_llava, load_llava, make_processor, save_llava
 from .models import build_pair, check_compatible, count_parameters, get_preset, parameter_table
 from .taf import TAFProjector, fold_taf
 from .pipeline import pipeline_command
-from .train import train_command
+from .runner import parse_stage_config, run_stage
 
 # %% auto #0
 __all__ = ['SMOKE_WORDS', 'COMMANDS', 'smoke_image', 'models_smoke', 'models_command', 'export_command', 'answer', 'chat_command',
-           'main']
+           'train_command', 'main']
 
 # %% ../nbs/09_cli.ipynb #32bfa9c7
 SMOKE_WORDS = "what colour shape is the red green blue circle square left right of above below ?".split()
@@ -132,6 +133,18 @@ def chat_command(argv:list[str]|None=None, # command-line arguments after `chat`
     image = Image.open(args.image).convert("RGB")
     for q in [args.question] if args.question else (l.strip() for l in sys.stdin if l.strip()):
         print(answer(model, processor, image, q, args.max_new_tokens), flush=True)
+
+# %% ../nbs/09_cli.ipynb #3f4048a1
+def train_command(argv:list[str]|None=None, # command-line arguments after `train`
+                 ):
+    "`compodistill train --config FILE [key=value ...]`: run one stage (launchable with `accelerate launch`)."
+    ap = argparse.ArgumentParser(prog="compodistill train", description=train_command.__doc__,
+                                 epilog="keys: any field of StageConfig or transformers.TrainingArguments")
+    ap.add_argument("--config", default=None, help="YAML file of stage and training settings")
+    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    args = ap.parse_args(argv)
+    out = run_stage(*parse_stage_config(args.config, args.overrides))
+    if int(os.environ.get("RANK", "0")) == 0: print(f"wrote {out}")
 
 # %% ../nbs/09_cli.ipynb #15774184
 COMMANDS = {"models": models_command, "train": train_command, "pipeline": pipeline_command,

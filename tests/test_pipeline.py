@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from compodistill.pipeline import Pipeline, run_pipeline, stage_order
-from compodistill.train import STAGE_DONE
+from compodistill.runner import STAGE_DONE
 
 
 def _write(tmp_path, toy_world, **stages):

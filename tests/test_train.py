@@ -8,8 +8,9 @@ from transformers import TrainerCallback, TrainingArguments
 
 from compodistill.models import build_pair
 from compodistill.objective import DistillationLoss
-from compodistill.train import (COMPLETE, STAGES, DistillationTrainer, last_complete_checkpoint, setup_stage,
-                                trainable_summary)
+from compodistill.checkpoints import COMPLETE, last_complete_checkpoint
+from compodistill.stages import STAGES, setup_stage, trainable_summary
+from compodistill.trainer import DistillationTrainer
 from compodistill.vat import band_matching
 
 
@@ -120,7 +121,7 @@ def test_vat_without_teacher_is_refused(tok, tmp_path):
 import json  # noqa: E402
 
 from compodistill.checkpoints import load_llava, make_processor, save_llava  # noqa: E402
-from compodistill.train import STAGE_DONE, parse_stage_config, run_stage  # noqa: E402
+from compodistill.runner import STAGE_DONE, parse_stage_config, run_stage  # noqa: E402
 
 
 def test_three_stages_chain_and_freeze_what_they_should(toy_world, tmp_path):
@@ -255,7 +256,7 @@ def test_two_process_deepspeed_dft_stage(config, toy_world, tmp_path):
 
 def test_teacher_deepspeed_config():
     """The teacher's DeepSpeed config: ZeRO-3 kept (sharded), any other stage → 0 (a replica); never an optimizer."""
-    from compodistill.train import teacher_deepspeed_config
+    from compodistill.placement import teacher_deepspeed_config
     student = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
                "gradient_clipping": 1.0, "bf16": {"enabled": True}, "optimizer": {"type": "AdamW"},
                "scheduler": {"type": "WarmupLR"},
@@ -291,7 +292,8 @@ from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from compodistill.attention import capture_visual_attention
 from compodistill.checkpoints import word_tokenizer
 from compodistill.models import build_pair, dummy_batch
-from compodistill.train import _teacher_forward, prepare_teacher
+from compodistill.placement import prepare_teacher
+from compodistill.trainer import _teacher_forward
 from compodistill.vat import group_matching
 
 acc = Accelerator(cpu=True)                                   # MULTI_CPU with gloo
@@ -355,7 +357,7 @@ def test_fsdp_teacher_and_vat_capture_on_two_processes(tmp_path):
 def test_distillation_terms_refuses_vat_without_a_teacher():
     from compodistill.models import build_pair, dummy_batch
     from compodistill.objective import DistillationLoss
-    from compodistill.train import distillation_terms
+    from compodistill.trainer import distillation_terms
     from compodistill.vat import group_matching
     _, student = build_pair("tiny")
     with pytest.raises(ValueError, match="VAT needs a teacher"):

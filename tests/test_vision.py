@@ -1,4 +1,4 @@
-"""The vision stage (08b_vision): patch targets from scene graphs, checked scene files, and a stage that trains only
+"""The vision stage (08c_vision): patch targets from scene graphs, checked scene files, and a stage that trains only
 the tower the LLM reads."""
 import json
 
@@ -9,7 +9,8 @@ from PIL import Image
 from compodistill.checkpoints import load_llava, make_processor, save_llava, word_tokenizer
 from compodistill.data import DataError
 from compodistill.models import build_pair
-from compodistill.train import COMPLETE, STAGE_DONE, parse_stage_config, run_stage
+from compodistill.checkpoints import COMPLETE
+from compodistill.runner import STAGE_DONE, parse_stage_config, run_stage
 from compodistill.vision import SceneDataset, load_scenes, patch_targets
 from compodistill.world import WORLD_VOCAB, Obj, Scene, write_world
 
