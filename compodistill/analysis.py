@@ -11,10 +11,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .attention import capture_visual_attention
+from .data import chat_batch, open_image, read_json_records
 
 # %% auto #0
 __all__ = ['MEASURES', 'attention_profiles', 'layer_similarity', 'relative_depth', 'middle_band', 'depth_matched',
@@ -83,19 +83,11 @@ def depth_matched(sim:torch.Tensor, # (teacher_layers, student_layers, ...) simi
 
 # %% ../nbs/04_misalignment.ipynb #4b5175bb
 def _batches(records:list, processor, batch_size:int):
-    "Processor batches (left-padded) of `records` with an `image` (path or PIL image) and a `question`."
-    tok = processor.tokenizer
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        for i in range(0, len(records), batch_size):
-            chunk = records[i:i + batch_size]
-            texts = [processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r["question"]}]}],
-                add_generation_prompt=True) for r in chunk]
-            images = [r["image"] if isinstance(r["image"], Image.Image) else Image.open(r["image"]).convert("RGB")
-                      for r in chunk]
-            yield processor(images=images, text=texts, padding=True, return_tensors="pt")
-    finally: tok.padding_side = side
+    "Left-padded processor batches (`chat_batch`) of `records` with an `image` (path or PIL image) and a `question`."
+    for i in range(0, len(records), batch_size):
+        chunk = records[i:i + batch_size]
+        images = [open_image(r["image"], f"record {r.get('id', i + k)!r}") for k, r in enumerate(chunk)]
+        yield chat_batch(processor, images, [r["question"] for r in chunk])
 
 # %% ../nbs/04_misalignment.ipynb #fc55c5ad
 def analyze_attention(teacher, # teacher LLaVA model
@@ -176,8 +168,8 @@ def plot_attention_maps(teacher, # teacher LLaVA model
                         queries:str="text", # "text" or "visual"
                        ):
     "The attention over the image of teacher and students, at the layer nearest `depth`, painted over the image."
-    batch = next(_batches([record], processor, 1))
-    image = record["image"] if isinstance(record["image"], Image.Image) else Image.open(record["image"]).convert("RGB")
+    image = open_image(record["image"], f"record {record.get('id', 0)!r}")
+    batch = chat_batch(processor, [image], [record["question"]])
     models = {"teacher": teacher, **students}
     fig, axs = plt.subplots(1, len(models) + 1, figsize=(2.6 * (len(models) + 1), 2.9))
     axs[0].imshow(image); axs[0].set_title("image", fontsize=9)
@@ -200,9 +192,7 @@ def read_records(path:str|Path, # JSON array or JSONL file of records with "imag
                 ) -> list[dict]:
     "Records with absolute image paths, checked for the fields the analysis needs."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such data file")
-    text = path.read_text()
-    records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+    records = read_json_records(path, "data file")
     folder = Path(image_folder) if image_folder is not None else path.parent
     out = []
     for i, r in enumerate(records[:limit]):

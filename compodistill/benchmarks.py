@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from types import UnionType
@@ -16,6 +15,8 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+from .data import DataError, read_json, read_json_records
 
 # %% auto #0
 __all__ = ['RECORD_SCHEMAS', 'SUGARCREPE_CATEGORIES', 'BIVLC_COLUMNS', 'POPE_SPLITS', 'BENCHMARKS', 'VQARecord',
@@ -97,23 +98,11 @@ def validate_record(kind:str, # "vqa", "caption_matching" or "winoground" (the k
     return record
 
 # %% ../nbs/01a_benchmarks.ipynb #3effae0b
-def _read_json(path:Path):
-    "The parsed JSON file; a syntax error names the file, line and column."
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
-    try: return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BenchmarkFormatError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-
-def _read_jsonl(path:Path) -> list[tuple[str, dict]]:
-    "The objects of a JSON-lines file, each with its location `'<path>, line <n>'`; blank lines are skipped."
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip(): continue
-        try: rows.append((f"{path}, line {n}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise BenchmarkFormatError(f"{path}, line {n}: invalid JSON: {e.msg}") from None
-    return rows
+def _read(path:Path, records:bool=True, lines:bool|None=True):
+    "The located records of `path` (`read_json_records`), or without `records` its JSON; bad JSON is a `BenchmarkFormatError`."
+    try: return read_json_records(path, "file", lines, located=True) if records else read_json(path, "file")
+    except DataError as e:
+        raise BenchmarkFormatError(f"{e.path}{'' if e.line is None else f', line {e.line}'}: {e.detail}") from None
 
 # %% ../nbs/01a_benchmarks.ipynb #2db11929
 def _get(obj, field:str, where:str, types=str):
@@ -154,7 +143,7 @@ def load_sugarcrepe(root:str|Path, # folder holding the per-category files `<cat
     root, records = Path(root), []
     for category in categories:
         path = root / f"{category}.json"
-        items = _read_json(path)
+        items = _read(path, records=False)
         if not isinstance(items, dict): raise BenchmarkFormatError(f"{path}: expected a JSON object keyed by index")
         for key, item in items.items():
             where = f"{path}, key {key!r}"
@@ -172,7 +161,7 @@ def load_winoground(root:str|Path, # the release's data folder
     "Winoground's `examples.jsonl` as Winoground-style records: caption i describes image i."
     root, records = Path(root), []
     path = root / examples
-    for where, ex in _read_jsonl(path):
+    for where, ex in _read(path):
         records.append(dict(id=str(_get(ex, "id", where, (int, str))),
                             images=[_path(root / image_dir, _get(ex, f"image_{i}", where) + ".png") for i in (0, 1)],
                             captions=[_get(ex, f"caption_{i}", where) for i in (0, 1)],
@@ -237,9 +226,7 @@ def load_caption_matching_json(path:str|Path, # a `.json` array or `.jsonl` file
                               ) -> datasets.Dataset:
     "A generic caption-matching file (`image`, `positive`, `negative`, optional `category`, `id`) as records."
     path = Path(path)
-    if path.suffix == ".jsonl": rows = _read_jsonl(path)
-    elif isinstance(items := _read_json(path), list): rows = [(f"{path}, item {i}", x) for i, x in enumerate(items)]
-    else: raise BenchmarkFormatError(f"{path}: expected a JSON array of objects (or a .jsonl file)")
+    rows = _read(path, lines=path.suffix == ".jsonl")
     default = category or path.stem
     records = [dict(id=str(_get(r, "id", w, (int, str))) if "id" in r else f"{path.stem}/{n}",
                     image=_path(path.parent / image_dir, _get(r, "image", w)), positive=_get(r, "positive", w),
@@ -252,7 +239,7 @@ POPE_SPLITS = ("adversarial", "popular", "random")
 
 def _pope_split(path:Path, split:str, images:Path, questions:list|None, question_file:Path|None) -> list[dict]:
     "VQA records of one POPE annotation file, with question text and ids from LLaVA's `questions` when given."
-    anns = _read_jsonl(path)
+    anns = _read(path)
     if questions is not None and len(questions) != len(anns):
         raise BenchmarkFormatError(f"{question_file}: {len(questions)} questions of category {split!r}, but {path} "
                                    f"has {len(anns)} labels (LLaVA pairs them by position)")
@@ -280,7 +267,7 @@ def load_pope(root:str|Path, # POPE folder (LLaVA layout: `coco/coco_pope_*.json
     "POPE's annotation files, optionally joined with LLaVA's question file, as yes/no VQA records."
     root = Path(root)
     qpath, by_split = (root / question_file if question_file else None), {}
-    for where, q in _read_jsonl(qpath) if qpath else []:
+    for where, q in _read(qpath) if qpath else []:
         by_split.setdefault(_get(q, "category", where), []).append((where, q))
     records = [r for split in splits
                for r in _pope_split(root / annotation_dir / f"coco_pope_{split}.json", split, root / image_dir,
@@ -295,7 +282,7 @@ def load_gqa(root:str|Path, # GQA folder (LLaVA layout: `data/testdev_balanced_q
             ) -> datasets.Dataset:
     "GQA questions, or LLaVA's GQA question file answered from them, as VQA records."
     root, qpath, records = Path(root), Path(root) / questions, []
-    gqa = _read_json(qpath)
+    gqa = _read(qpath, records=False)
     if not isinstance(gqa, dict): raise BenchmarkFormatError(f"{qpath}: expected a JSON object keyed by question id")
     if question_file is None:
         for qid, q in gqa.items():
@@ -303,7 +290,7 @@ def load_gqa(root:str|Path, # GQA folder (LLaVA layout: `data/testdev_balanced_q
             records.append(dict(id=qid, image=_path(root / image_dir, _get(q, "imageId", where) + ".jpg"),
                                 question=_get(q, "question", where), answer=_get(q, "answer", where),
                                 category=_get(_get(q, "types", where, dict), "structural", f"{where}, types")))
-    for where, q in _read_jsonl(root / question_file) if question_file else []:
+    for where, q in _read(root / question_file) if question_file else []:
         qid = str(_get(q, "question_id", where, (int, str)))
         if qid not in gqa: raise BenchmarkFormatError(f"{where}: question_id {qid!r} is not in {qpath}")
         records.append(dict(id=qid, image=_path(root / image_dir, _get(q, "image", where)),

@@ -22,9 +22,9 @@ from transformers.utils import logging as hf_logging
 from .models import PairPreset, llava_config, preset_config, visual_token_count
 
 # %% auto #0
-__all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'SPECIAL_TOKENS', 'IMAGE_TOKEN', 'COMPLETE', 'split_words', 'word_tokenizer',
-           'make_processor', 'add_image_token', 'assemble_llava', 'save_llava', 'load_llava', 'save_random_parts',
-           'last_complete_checkpoint', 'CheckpointingTrainer']
+__all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'CHOICE_PROMPT', 'MATCH_PROMPT', 'SPECIAL_TOKENS', 'IMAGE_TOKEN', 'COMPLETE',
+           'split_words', 'word_tokenizer', 'make_processor', 'add_image_token', 'assemble_llava', 'save_llava',
+           'load_llava', 'save_random_parts', 'last_complete_checkpoint', 'CheckpointingTrainer']
 
 # %% ../nbs/00a_checkpoints.ipynb #9f153ac7
 SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
@@ -50,6 +50,13 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
+
+# %% ../nbs/00a_checkpoints.ipynb #3864023c
+# The two questions the evaluator asks of compositional sets (`10_eval`), here beside the template because the
+# world's instruction data (`02_world`) teaches them in exactly this wording.
+CHOICE_PROMPT = ("Which caption best describes the image?\n(A) {a}\n(B) {b}\n"
+                 "Answer with the option's letter from the given choices directly.")
+MATCH_PROMPT = "Does this caption describe the image? {caption}\nAnswer yes or no."
 
 # %% ../nbs/00a_checkpoints.ipynb #60251069
 SPECIAL_TOKENS = dict(pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")

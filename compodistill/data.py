@@ -18,45 +18,76 @@ from PIL import Image
 from .checkpoints import IMAGE_TOKEN
 
 # %% auto #0
-__all__ = ['RECORD_KEYS', 'ROLES', 'TEMPLATES', 'DataError', 'load_conversations', 'DataReport', 'check_data',
-           'image_token_count', 'tokenize_record', 'ConversationDataset', 'DataCollator']
+__all__ = ['RECORD_KEYS', 'ROLES', 'TEMPLATES', 'DataError', 'read_json', 'read_json_records', 'load_conversations', 'open_image',
+           'DataReport', 'check_data', 'image_token_count', 'tokenize_record', 'ConversationDataset', 'DataCollator',
+           'chat_batch']
 
 # %% ../nbs/01_data.ipynb #fcfb14e2
 _logger = logging.getLogger(__name__)
 
 # %% ../nbs/01_data.ipynb #29d770f1
 class DataError(ValueError):
-    "A bad record (or file) of conversation data; the message names the file, the record and the problem."
+    "A bad record (or file) of data; the message names the file, the record (or line) and the problem."
     def __init__(self, kind:str, # kind of problem, the key in `DataReport.counts`, e.g. "missing image"
                  detail:str, # what exactly is wrong
-                 path=None, # the file
+                 path=None, # the file (or, without one, where the problem is, e.g. "record 'q3'")
                  index:int|None=None, # the record's position in the file (0-based)
                  record_id=None, # the record's `id`
+                 line:int|None=None, # the line of a JSON-lines file the problem is on
                 ):
         self.kind, self.detail, self.path, self.index, self.record_id = kind, detail, path, index, record_id
+        self.line = line
         self.where = "" if index is None else f"record #{index}" + ("" if record_id is None else f" (id {record_id!r})")
         super().__init__(": ".join([str(p) for p in (path, self.where) if p] + [kind, detail]))
 
     def at(self, path, index:int, record_id) -> DataError:
         "The same problem, located at record `index` of file `path`."
-        return DataError(self.kind, self.detail, path, index, record_id)
+        return DataError(self.kind, self.detail, path, index, record_id, self.line)
+
+# %% ../nbs/01_data.ipynb #8fa04f2c
+def _json_text(path:Path, what:str) -> str:
+    "The text of the file at `path`; `FileNotFoundError` naming it as `what` if there is none."
+    if not path.is_file(): raise FileNotFoundError(f"{path}: no such {what}")
+    return path.read_text(encoding="utf-8")
+
+def _loads(text:str, path:Path, line:int|None=None):
+    "`text` parsed, the whole file or its `line`; a syntax error is a `DataError` naming the file and the line."
+    try: return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f"at line {e.lineno}" if line is None else f"on line {line}"
+        raise DataError("unreadable file", f"invalid JSON {at}, column {e.colno}: {e.msg}", path, line=line) from None
+
+def read_json(path:str|Path, # a JSON file
+              what:str="JSON file", # what the file is, for the error when it does not exist
+             ):
+    "The parsed JSON file; a syntax error is a `DataError` naming the file, the line and the column."
+    path = Path(path)
+    return _loads(_json_text(path, what), path)
+
+def read_json_records(path:str|Path, # a JSON array of objects, or a JSON-lines file (one object a line)
+                      what:str="records file", # what the file is, for the error when it does not exist
+                      lines:bool|None=None, # JSON lines? default: a `.jsonl` file, or one that does not start with `[`
+                      located:bool=False, # return `(where, record)` pairs, `where` naming the file and line or record
+                     ) -> list:
+    "The records of a JSON array or JSON-lines file; bad JSON or a record that is not an object is a located `DataError`."
+    path = Path(path)
+    text = _json_text(path, what)
+    if lines is None: lines = path.suffix == ".jsonl" or not text.lstrip().startswith("[")
+    if lines: rows = [(n, _loads(l, path, n)) for n, l in enumerate(text.splitlines(), 1) if l.strip()]
+    elif isinstance(array := _loads(text, path), list): rows = [(None, r) for r in array]
+    else: raise DataError("unreadable file", f"expected a JSON array of records, got a {type(array).__name__}", path)
+    for i, (n, r) in enumerate(rows):
+        if not isinstance(r, dict):
+            raise DataError("malformed record", f"not a JSON object: {json.dumps(r)[:60]}", path, i, line=n)
+    if not located: return [r for _, r in rows]
+    return [(f"{path}, line {n}" if lines else f"{path}, item {i}", r) for i, (n, r) in enumerate(rows)]
 
 # %% ../nbs/01_data.ipynb #1251c321
 def _unreadable(path:Path, err:Exception) -> DataError:
     "The error for a file `datasets` cannot load: the first invalid JSON line or non-object record, if Python finds it."
-    text = path.read_text()
-    array = text.lstrip().startswith("[")
-    rows = []
-    for n, line in enumerate([text] if array else text.splitlines(), 1):
-        if not line.strip(): continue
-        try: rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            return DataError("unreadable file", f"invalid JSON{'' if array else f' on line {n}'}: {e}", path)
-    if array: rows = rows[0]
+    try: rows = read_json_records(path)
+    except DataError as e: return e
     if not rows: return DataError("unreadable file", "no records", path)
-    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
-    if bad is not None:
-        return DataError("malformed record", f"not a JSON object: {json.dumps(rows[bad])[:60]}", path, bad)
     return DataError("unreadable file", f"{type(err).__name__}: {err.__cause__ or err}", path)
 
 def load_conversations(path:str|Path, # a JSON array (`.json`) or JSONL file of LLaVA conversation records
@@ -100,13 +131,17 @@ def _problem(record:dict, ignore_keys=()) -> tuple[str, str] | None:
     if "image" not in present and n: return mismatch(f"{n} {IMAGE_TOKEN} placeholder(s) but no 'image'")
 
 # %% ../nbs/01_data.ipynb #fff1973a
-def _open_image(path:Path) -> Image.Image:
-    "The RGB image at `path`, decoded; `DataError` if it is missing or cannot be decoded."
-    if not path.is_file(): raise DataError("missing image", f"{path} does not exist")
+def open_image(image, # a path, or a PIL image (returned as it is, converted if it is not RGB)
+               where:str="", # the record the image belongs to, for the error, e.g. "record 'q3'"
+              ) -> Image.Image:
+    "The decoded RGB image; a missing, empty or truncated file is a one-line `DataError` naming `where` and the file."
+    if isinstance(image, Image.Image): return image if image.mode == "RGB" else image.convert("RGB")
+    path = Path(image)
+    if not path.is_file(): raise DataError("missing image", f"{path} does not exist", where or None)
     try:
-        with Image.open(path) as im: return im.convert("RGB")
+        with Image.open(path) as im: return im.convert("RGB")  # decodes now: a truncated file fails here
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError("corrupt image", f"{path} cannot be decoded ({type(e).__name__}: {e})") from None
+        raise DataError("corrupt image", f"{path} cannot be decoded ({type(e).__name__}: {e})", where or None) from None
 
 # %% ../nbs/01_data.ipynb #cdb2021b
 @dataclass
@@ -136,7 +171,7 @@ def _check(records:datasets.Dataset, path:Path, image_folder:Path, ignore_keys=(
             if problem := _problem(rec, ignore_keys): raise DataError(*problem)
             if rec.get("image") is None: continue
             image = image_folder / rec["image"]
-            if open_images: _open_image(image)
+            if open_images: open_image(image)
             elif not image.is_file(): raise DataError("missing image", f"{image} does not exist")
         except DataError as e: report.problems.append(e.at(path, i, rec.get("id")))
     return report
@@ -256,7 +291,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         index = self.indices[i]
         rec = self.records[index]
         try:
-            image = None if rec.get("image") is None else _open_image(self.image_folder / rec["image"])
+            image = None if rec.get("image") is None else open_image(self.image_folder / rec["image"])
             return tokenize_record(rec, self.processor, image, self.template, self.max_length, self.n_image_tokens)
         except DataError as e: raise e.at(self.path, index, rec["id"]) from None
 
@@ -298,3 +333,13 @@ class DataCollator:
         images = [s["pixel_values"] for s in samples if "pixel_values" in s]
         if images: batch["pixel_values"] = torch.stack(images)
         return batch
+
+# %% ../nbs/01_data.ipynb #be1f7f93
+def chat_batch(processor, # a LLaVA processor
+               images:list, # PIL images, one per prompt (see `open_image`)
+               prompts:list[str], # the user turns; each follows its image
+              ):
+    "A left-padded processor batch of one-turn chats (image, then prompt), ready for generation."
+    chats = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}] for p in prompts]
+    texts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in chats]
+    return processor(images=images, text=texts, padding=True, padding_side="left", return_tensors="pt")

@@ -13,20 +13,18 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
+from .benchmarks import load_benchmark
+from .checkpoints import CHOICE_PROMPT, IMAGE_TOKEN, MATCH_PROMPT
+from .data import DataCollator, chat_batch, image_token_count, open_image, read_json_records, tokenize_record
+
 # %% auto #0
-__all__ = ['CHOICE_PROMPT', 'MATCH_PROMPT', 'SCORERS', 'LIKELIHOOD_SCORERS', 'PROTOCOLS', 'parse_choice', 'normalize_answer',
-           'vqa_score', 'LlavaAnswerer', 'score_caption_matching', 'score_winoground', 'score_vqa',
-           'score_caption_likelihood', 'score_winoground_likelihood', 'record_kind', 'load_records', 'evaluate',
-           'eval_command']
+__all__ = ['SCORERS', 'LIKELIHOOD_SCORERS', 'PROTOCOLS', 'parse_choice', 'normalize_answer', 'vqa_score', 'LlavaAnswerer',
+           'score_caption_matching', 'score_winoground', 'score_vqa', 'score_caption_likelihood',
+           'score_winoground_likelihood', 'record_kind', 'load_records', 'evaluate', 'eval_command']
 
 # %% ../nbs/10_eval.ipynb #f82f37fe
-CHOICE_PROMPT = ("Which caption best describes the image?\n(A) {a}\n(B) {b}\n"
-                 "Answer with the option's letter from the given choices directly.")
-MATCH_PROMPT = "Does this caption describe the image? {caption}\nAnswer yes or no."
-
 def parse_choice(reply:str, # the model's reply
                 ) -> str|None:
     "The first standalone A or B in a reply (also `(A)`, `A.`); a reply of only `a`/`b` counts too; else None."
@@ -60,12 +58,7 @@ class LlavaAnswerer:
         self.tok = processor.tokenizer
 
     def _encode(self, images:list, prompts:list[str]) -> dict:
-        msgs = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}] for p in prompts]
-        texts = [self.processor.apply_chat_template(m, add_generation_prompt=True) for m in msgs]
-        side, self.tok.padding_side = self.tok.padding_side, "left"
-        try: enc = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
-        finally: self.tok.padding_side = side
-        return enc.to(self.model.device)
+        return chat_batch(self.processor, images, prompts).to(self.model.device)
 
     @torch.no_grad()
     def generate(self, images:list, prompts:list[str]) -> list[str]:
@@ -85,7 +78,6 @@ class LlavaAnswerer:
     @cached_property
     def n_image_tokens(self) -> int:
         "How many placeholder tokens the processor expands one image into."
-        from compodistill.data import image_token_count
         return image_token_count(self.processor)
 
     @torch.no_grad()
@@ -93,8 +85,6 @@ class LlavaAnswerer:
                         captions:list[str], # captions to score, caption k given image k
                        ) -> list[float]:
         "Summed log-probability of each caption's tokens and end token given its image, in the plain captioning layout."
-        from compodistill.checkpoints import IMAGE_TOKEN  # lazy: `data` loads `datasets`; `world` imports us
-        from compodistill.data import DataCollator, tokenize_record
         records = [{"id": str(k), "conversations": [{"from": "human", "value": IMAGE_TOKEN}, {"from": "gpt", "value": c}]}
                    for k, c in enumerate(captions)]
         samples = [tokenize_record(r, self.processor, im, template="plain", max_length=None,
@@ -110,10 +100,6 @@ class LlavaAnswerer:
         return torch.where(targets != -100, logp, 0.0).sum(-1).tolist()
 
 # %% ../nbs/10_eval.ipynb #51417c23
-def _image(path_or_image) -> Image.Image:
-    "A PIL image from a path (or the image itself)."
-    return path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image).convert("RGB")
-
 def _batched(items:list, size:int, desc:str, progress:bool):
     "Consecutive chunks of `items`, with a progress bar."
     for i in tqdm(range(0, len(items), size), desc=desc, disable=not progress): yield items[i:i + size]
@@ -134,7 +120,7 @@ def score_caption_matching(model, # an object with `generate(images, prompts)` (
     for chunk in _batched(questions, batch_size, "caption matching", progress):
         prompts = [CHOICE_PROMPT.format(a=r["positive"], b=r["negative"]) if o == "A" else
                    CHOICE_PROMPT.format(a=r["negative"], b=r["positive"]) for r, o in chunk]
-        replies = model.generate([_image(r["image"]) for r, _ in chunk], prompts)
+        replies = model.generate([open_image(r["image"]) for r, _ in chunk], prompts)
         correct += [parse_choice(reply) == o for (_, o), reply in zip(chunk, replies)]
     by_order = {o: [c for (_, oo), c in zip(questions, correct) if oo == o] for o in "AB"}
     per_cat = defaultdict(list)
@@ -165,12 +151,12 @@ def score_winoground(model, # an object with `generate` and `yes_probability` (e
         for n, k, o in chunk:
             true, other = records[n]["captions"][k], records[n]["captions"][1 - k]
             prompts.append(CHOICE_PROMPT.format(a=true, b=other) if o == "A" else CHOICE_PROMPT.format(a=other, b=true))
-            images.append(_image(records[n]["images"][k]))
+            images.append(open_image(records[n]["images"][k]))
         for (n, k, o), reply in zip(chunk, model.generate(images, prompts)): text_ok[n] &= parse_choice(reply) == o
     image_q = [(n, c, i) for n in range(len(records)) for c in (0, 1) for i in (0, 1)]  # caption c asked of image i
     p_yes = {}
     for chunk in _batched(image_q, batch_size, "pairs: image choice", progress):
-        probs = model.yes_probability([_image(records[n]["images"][i]) for n, _, i in chunk],
+        probs = model.yes_probability([open_image(records[n]["images"][i]) for n, _, i in chunk],
                                       [MATCH_PROMPT.format(caption=records[n]["captions"][c]) for n, c, _ in chunk])
         p_yes.update(zip(chunk, probs))
     image_ok = {n: all(p_yes[(n, c, c)] > p_yes[(n, c, 1 - c)] for c in (0, 1)) for n in range(len(records))}
@@ -185,7 +171,7 @@ def score_vqa(model, # an object with `generate(images, prompts)` (e.g. `LlavaAn
     "VQA accuracy overall and per category (normalised exact match; VQAv2 rule with several references)."
     scores, per_cat = [], defaultdict(list)
     for chunk in _batched(records, batch_size, "VQA", progress):
-        for r, reply in zip(chunk, model.generate([_image(r["image"]) for r in chunk], [r["question"] for r in chunk])):
+        for r, reply in zip(chunk, model.generate([open_image(r["image"]) for r in chunk], [r["question"] for r in chunk])):
             s = vqa_score(reply, r["answer"])
             scores.append(s); per_cat[r["category"]].append(s)
     return dict(n=len(records), accuracy=sum(scores) / len(scores),
@@ -196,7 +182,7 @@ def _logprobs(model, pairs:list, batch_size:int, desc:str, progress:bool) -> lis
     "`model.caption_logprob` of (image, caption) pairs, in batches."
     out = []
     for chunk in _batched(pairs, batch_size, desc, progress):
-        out += model.caption_logprob([_image(im) for im, _ in chunk], [c for _, c in chunk])
+        out += model.caption_logprob([open_image(im) for im, _ in chunk], [c for _, c in chunk])
     return out
 
 def score_caption_likelihood(model, # an object with `caption_logprob(images, captions)` (e.g. `LlavaAnswerer`)
@@ -246,13 +232,10 @@ def load_records(benchmark:str, # a benchmark name of `01a_benchmarks`, or "worl
     "Evaluation records with absolute image paths."
     if benchmark.startswith("world:"):
         path = Path(benchmark[len("world:"):])
-        if not path.is_file(): raise FileNotFoundError(f"{path}: no such evaluation file")
-        text = path.read_text()
-        recs = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+        recs = read_json_records(path, "evaluation file")
         absolute = lambda p: str(path.parent / p)
         return [{**r, **({"image": absolute(r["image"])} if "image" in r else {}),
                  **({"images": [absolute(p) for p in r["images"]]} if "images" in r else {})} for r in recs]
-    from compodistill.benchmarks import load_benchmark
     if root is None: raise ValueError(f"benchmark {benchmark!r} needs --root, its local folder")
     return list(load_benchmark(benchmark, root))
 

@@ -13,9 +13,8 @@ import torch
 from PIL import Image
 
 from .checkpoints import CheckpointingTrainer, load_llava
-from .data import DataError
+from .data import DataError, open_image
 from .stages import StageRun
-
 
 # %% auto #0
 __all__ = ['SCENE_KEYS', 'patch_targets', 'load_scenes', 'SceneDataset', 'collate_scenes', 'AttributeHeads', 'trainable_tower',
@@ -90,9 +89,10 @@ class SceneDataset(torch.utils.data.Dataset):
         "Pixel values `(C, H, W)` and targets `(patches, attributes)` of scene `i`."
         r = self.records[i]
         try:
-            image = Image.open(self.folder / r["image"]).convert("RGB")
+            image = open_image(self.folder / r["image"])
             targets = patch_targets(Image.open(self.folder / r["mask"]), r["objects"], self.vocab, self.image_size,
                                     self.patch_size, self.min_cover)
+        except DataError as e: raise e.at(self.path, i, r["id"]) from None  # a missing or corrupt image
         except (OSError, KeyError, ValueError) as e:
             raise DataError("unreadable scene", f"{type(e).__name__}: {e}", self.path, i, r["id"]) from None
         pixels = self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .checkpoints import IMAGE_TOKEN
-from .evaluate import CHOICE_PROMPT, MATCH_PROMPT
+from .checkpoints import CHOICE_PROMPT, IMAGE_TOKEN, MATCH_PROMPT
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'PLURALS', 'SIZES', 'RELATIONS', 'OPPOSITE', 'NUMBERS', 'PAIRS', 'DEFAULT_HELDOUT', 'GRID',
