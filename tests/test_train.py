@@ -291,8 +291,8 @@ from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from compodistill.attention import capture_visual_attention
 from compodistill.checkpoints import word_tokenizer
 from compodistill.models import build_pair, dummy_batch
-from compodistill.train import _teacher_forward, prepare_teacher
-from compodistill.vat import group_matching
+from compodistill.train import prepare_teacher
+from compodistill.vat import _teacher_forward, group_matching
 
 acc = Accelerator(cpu=True)                                   # MULTI_CPU with gloo
 assert acc.num_processes == 2
