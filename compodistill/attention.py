@@ -17,7 +17,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # %% auto #0
 __all__ = ['SCORE_BLOCK_BYTES', 'GPU_BLOCK_BYTES', 'CAPTURE_ATTENTION', 'visual_positions', 'visual_attention_probs',
-           'VisualPlan', 'visual_plan', 'visual_map', 'enable_capture', 'VisualAttention', 'capture_visual_attention']
+           'VisualPlan', 'visual_plan', 'visual_map', 'enable_capture', 'VisualAttention', 'capture_visual_attention',
+           'visual_block']
 
 # %% ../nbs/03_attention.ipynb #ae67c609
 def visual_positions(input_ids:torch.Tensor, # (batch, seq) token ids
@@ -245,7 +246,9 @@ def capture_visual_attention(model:LlavaForConditionalGeneration, # the model th
         for l, flag in checkpointed.items(): blocks[l].gradient_checkpointing = flag
 
 # %% ../nbs/03_attention.ipynb #9b654001
-def _block(maps:torch.Tensor, pos:torch.Tensor) -> torch.Tensor:
-    "Rows and columns `pos` (batch, n) of full maps (batch, T, T)."
+def visual_block(maps:torch.Tensor, # (batch, T, T) full attention maps, e.g. eager attention's, head-averaged
+                 pos:torch.Tensor, # (batch, n) positions to keep, e.g. `visual_positions`
+                ) -> torch.Tensor:
+    "Rows and columns `pos` of full maps: the block `(batch, n, n)` that the capture computes without them."
     rows = maps.gather(1, pos[:, :, None].expand(-1, -1, maps.shape[-1]))
     return rows.gather(2, pos[:, None, :].expand(-1, pos.shape[1], -1))

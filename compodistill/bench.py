@@ -21,12 +21,12 @@ import transformers
 from PIL import Image
 
 from .analysis import analyze_attention
-from .attention import _block, visual_positions
+from .attention import visual_block, visual_positions
 from .checkpoints import make_processor, word_tokenizer
 from .models import PairPreset, build_pair, depth_faithful, dummy_batch, get_preset, preset_parameters
 from .objective import DistillationLoss
 from .trainer import distillation_terms
-from .vat import OFFICIAL_WINDOWS, LayerMatching, band_matching, group_teacher_maps, official_matching
+from .vat import OFFICIAL_WINDOWS, LayerMatching, band_matching, group_teacher_maps, official_matching, vat_loss
 
 # %% auto #0
 __all__ = ['MODES', 'PEAK_BF16_TFLOPS', 'CPU_MEMORY_ENV', 'TARGETS', 'bench_preset', 'bench_matching', 'bench_steps',
@@ -64,12 +64,13 @@ def _terms(mode:str, teacher, student, batch:dict, matching:LayerMatching, objec
     "The loss terms of one step in `mode`: the trainer's own computation for kd and vat, the straightforward one for eager."
     if mode != "eager": return distillation_terms(student, batch, objective, teacher, matching if mode == "vat" else None)[0]
     pos, present = visual_positions(batch["input_ids"], student.config.image_token_id)
-    cut = lambda attn: _block(attn.mean(1, dtype=torch.float32), pos)  # the visual block of a full map, head mean
+    cut = lambda attn: visual_block(attn.mean(1, dtype=torch.float32), pos)  # the visual block of a full map, head mean
     with torch.no_grad(): t_out = teacher(**{k: v for k, v in batch.items() if k != "labels"}, output_attentions=True)
     out = student(**batch, output_attentions=True)  # every layer's full maps of both models are now held
     s_maps = torch.stack([cut(out.attentions[l]) for l in matching.student_layers])
     t_maps = group_teacher_maps({l: cut(t_out.attentions[l]) for l in matching.teacher_layers}, matching)
-    return objective(out.loss, out.logits, t_out.logits, batch["labels"], s_maps, t_maps, present)
+    vat = vat_loss(s_maps, t_maps, present, objective.vat_reduction, objective.vat_filter)
+    return objective(out.loss, out.logits, t_out.logits, batch["labels"], vat)
 
 
 # %% ../nbs/13_bench.ipynb #75f4c4fb

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .vat import LayerMatching, PairLosses, reduce_pair_losses, vat_loss
-
 # %% auto #0
 __all__ = ['answer_positions', 'logit_kd_loss', 'NonFiniteLossError', 'DistillationLoss']
 
@@ -55,8 +53,8 @@ class DistillationLoss:
     vat_weight:float = 1.0  # weight of the VAT term (0 turns it off)
     temperature:float = 1.0  # logit-distillation temperature
     kd_kind:str = "kl"  # "kl" (paper) or "ce" (official code's logged value)
-    vat_reduction:str = "sum"  # over layer pairs: "sum" (official) or "mean" (paper)
-    vat_filter:bool = True  # the mean + std outlier filter
+    vat_reduction:str = "sum"  # how the VAT loss is made: over layer pairs, "sum" (official) or "mean" (paper)
+    vat_filter:bool = True  # how the VAT loss is made: with the mean + std outlier filter
 
     def __post_init__(self):
         if self.kd_weight < 0 or self.vat_weight < 0: raise ValueError("loss weights must be >= 0")
@@ -64,8 +62,7 @@ class DistillationLoss:
 
     def __call__(self, lm_loss:torch.Tensor, # the student's language-model loss
                  student_logits=None, teacher_logits=None, labels=None, # for logit KD
-                 student_maps=None, teacher_maps=None, present=None, # for VAT: (k, batch, n_q, N_v) maps
-                 vat_pairs=None, # or VAT's (k, batch) pair losses, already computed (`pair_losses`)
+                 vat:torch.Tensor|None=None, # the VAT loss (`vat_forward`, `vat_loss`), or None
                  step:int|None=None, # training step, for error messages
                 ) -> dict:
         "The total loss and each term: {'loss', 'lm', 'kd', 'vat'} (absent terms are 0)."
@@ -73,17 +70,9 @@ class DistillationLoss:
         terms = dict(lm=lm_loss, kd=zero, vat=zero)
         if self.kd_weight and teacher_logits is not None:
             terms["kd"] = logit_kd_loss(student_logits, teacher_logits, labels, self.temperature, self.kd_kind)
-        if self.vat_weight and vat_pairs is not None: terms["vat"] = reduce_pair_losses(vat_pairs, present, self.vat_reduction)
-        elif self.vat_weight and teacher_maps is not None:
-            terms["vat"] = vat_loss(student_maps, teacher_maps, present, self.vat_reduction, self.vat_filter)
+        if self.vat_weight and vat is not None: terms["vat"] = vat
         for name, value in terms.items():
             if not torch.isfinite(value).all():
                 raise NonFiniteLossError(f"step {step}: the {name} loss is {value.item()}")
         terms["loss"] = terms["lm"] + self.kd_weight * terms["kd"] + self.vat_weight * terms["vat"]
         return terms
-
-    def pair_losses(self, matching:LayerMatching, # the layer matching
-                    targets:torch.Tensor, # (k, batch, n_q, N_v) the teacher's group maps (`TeacherTargets`)
-                   ) -> PairLosses:
-        "The capture `reduce` that turns each student map into its VAT pair losses, with this objective's filter."
-        return PairLosses(matching, targets, self.vat_filter)

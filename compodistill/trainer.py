@@ -6,30 +6,18 @@
 from __future__ import annotations
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 from peft import PeftModel
 
-from .attention import capture_visual_attention
 from .checkpoints import CheckpointingTrainer
 from .models import check_compatible
 from .objective import DistillationLoss
 from .placement import check_vat_capture, prepare_teacher
-from .vat import LayerMatching, TeacherTargets
+from .vat import LayerMatching, vat_forward
 
 # %% auto #0
 __all__ = ['distillation_terms', 'DistillationTrainer']
 
 # %% ../nbs/08b_trainer.ipynb #3c0209f9
-@torch.no_grad()
-def _teacher_forward(teacher, inputs:dict, matching:LayerMatching|None):
-    "Teacher logits and (with a matching) VAT's group targets `(k, batch, n_q, N_v)`, without gradients (`teacher` may be DeepSpeed/FSDP-wrapped)."
-    if matching is None: return teacher(**inputs).logits, None
-    targets = TeacherTargets(matching)
-    with capture_visual_attention(extract_model_from_parallel(teacher), inputs["input_ids"], matching.teacher_layers,
-                                  reduce=targets):
-        out = teacher(**inputs)  # the wrapper runs the forward (it gathers sharded weights); the capture reads the layers
-    return out.logits, targets.maps()
-
 def distillation_terms(model, # the student as the Trainer calls it (may be wrapped: DDP, DeepSpeed, FSDP, LoRA)
                        inputs:dict, # the batch, with labels
                        objective:DistillationLoss, # the loss
@@ -38,18 +26,15 @@ def distillation_terms(model, # the student as the Trainer calls it (may be wrap
                        student=None, # the plain LLaVA model inside `model`, for the capture (default: `model`)
                        step:int|None=None, # training step, for error messages
                       ) -> tuple[dict, object]:
-    "One batch's loss terms and the student's output: the teacher first, then the student, VAT computed as its layers run."
+    "One batch's loss terms and the student's output: `vat_forward` with VAT, else the teacher (if any) then the student."
     if matching is not None and teacher is None: raise ValueError("VAT needs a teacher")
-    t_logits = targets = None
-    if teacher is not None:
-        t_logits, targets = _teacher_forward(teacher, {k: v for k, v in inputs.items() if k != "labels"}, matching)
-    if matching is None: out, vat = model(**inputs), {}
+    if matching is not None:
+        t_logits, out, vat = vat_forward(teacher, model, inputs, matching, objective.vat_reduction, objective.vat_filter, student)
     else:
-        with capture_visual_attention(student or model, inputs["input_ids"], matching.student_layers,
-                                      reduce=objective.pair_losses(matching, targets)) as cap:
-            out = model(**inputs)
-        vat = dict(vat_pairs=cap.stack(), present=cap.present)
-    return objective(out.loss, out.logits, t_logits, inputs["labels"], step=step, **vat), out
+        with torch.no_grad():
+            t_logits = None if teacher is None else teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        out, vat = model(**inputs), None
+    return objective(out.loss, out.logits, t_logits, inputs["labels"], vat, step=step), out
 
 
 # %% ../nbs/08b_trainer.ipynb #e291cf0d

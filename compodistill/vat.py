@@ -9,13 +9,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from .analysis import middle_band
+from .attention import capture_visual_attention
 
 # %% auto #0
 __all__ = ['OFFICIAL_WINDOWS', 'OFFICIAL_K', 'LayerMatching', 'group_matching', 'official_matching', 'band_matching',
            'simple_matching', 'adaptive_matching', 'report_matching', 'group_teacher_maps', 'outlier_filter',
-           'pool_over_queries', 'vat_pair_losses', 'vat_loss', 'reduce_pair_losses', 'TeacherTargets', 'PairLosses']
+           'pool_over_queries', 'vat_pair_losses', 'vat_loss', 'reduce_pair_losses', 'TeacherTargets', 'PairLosses',
+           'vat_forward']
 
 # %% ../nbs/05_vat.ipynb #7b911215
 @dataclass(frozen=True)
@@ -215,3 +218,28 @@ class PairLosses:
         "The pair loss of student `layer`, from its map `attn` (batch, n_q, N_v) and its group's target."
         return vat_pair_losses(attn, self.targets[self.pair[layer]], self.filter_outliers)
 
+
+# %% ../nbs/05_vat.ipynb #ac7082bc
+@torch.no_grad()
+def _teacher_forward(teacher, inputs:dict, matching:LayerMatching) -> tuple[torch.Tensor, torch.Tensor]:
+    "Teacher logits and VAT's group targets `(k, batch, n_q, N_v)`, without gradients (`teacher` may be DeepSpeed/FSDP-wrapped)."
+    targets = TeacherTargets(matching)
+    with capture_visual_attention(extract_model_from_parallel(teacher), inputs["input_ids"], matching.teacher_layers,
+                                  reduce=targets):
+        out = teacher(**{k: v for k, v in inputs.items() if k != "labels"})  # the wrapper runs, the capture reads the layers
+    return out.logits, targets.maps()
+
+def vat_forward(teacher, # the frozen teacher (may be wrapped: DeepSpeed, FSDP)
+                student, # the student as the trainer calls it (may be wrapped: DDP, DeepSpeed, FSDP, LoRA)
+                inputs:dict, # the batch, with labels (the teacher is not given them)
+                matching:LayerMatching, # the layer matching
+                reduction:str="sum", # over pairs: "sum" (official code) or "mean" (paper's equation)
+                filter_outliers:bool=True, # apply the mean + std outlier filter
+                plain_student=None, # the plain LLaVA model inside `student`, for the capture (default: `student`)
+               ) -> tuple:
+    "One batch with VAT, the teacher first: its logits, the student's output and the VAT loss, made as the student's layers run."
+    t_logits, targets = _teacher_forward(teacher, inputs, matching)
+    with capture_visual_attention(plain_student or student, inputs["input_ids"], matching.student_layers,
+                                  reduce=PairLosses(matching, targets, filter_outliers)) as cap:
+        out = student(**inputs)
+    return t_logits, out, reduce_pair_losses(cap.stack(), cap.present, reduction)

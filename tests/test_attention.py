@@ -4,8 +4,8 @@ import copy
 import pytest
 import torch
 
-from compodistill.attention import (CAPTURE_ATTENTION, _block, capture_visual_attention,
-                                    visual_attention_probs, visual_map, visual_plan, visual_positions)
+from compodistill.attention import (CAPTURE_ATTENTION, capture_visual_attention,
+                                    visual_attention_probs, visual_block, visual_map, visual_plan, visual_positions)
 from compodistill.models import build_llava, build_pair, depth_faithful, dummy_batch, preset_config
 
 PADS = ((0, 0), (4, 0), (0, 3), (2, 2))
@@ -47,7 +47,7 @@ def test_head_average_and_depth_faithful_gqa_pair():
         ref = eager(**batch, output_attentions=True)
         with capture_visual_attention(fast, batch["input_ids"], [12]) as cap: fast(**batch)
     assert cap.maps[12].shape == (2, 729, 729)
-    assert (_block(ref.attentions[12].mean(1), cap.key_positions) - cap.maps[12]).abs().max() <= 1e-5
+    assert (visual_block(ref.attentions[12].mean(1), cap.key_positions) - cap.maps[12]).abs().max() <= 1e-5
 
 
 def test_gradients_reach_the_student_through_the_maps():
@@ -70,7 +70,7 @@ def test_gradient_of_captured_map_matches_eager():
     ref = eager(**batch, output_attentions=True)
     with capture_visual_attention(fast, batch["input_ids"], [2]) as cap: fast(**batch)
     w = torch.linspace(0, 1, cap.maps[2].numel()).view_as(cap.maps[2])
-    (_block(ref.attentions[2].mean(1), cap.key_positions) * w).sum().backward()
+    (visual_block(ref.attentions[2].mean(1), cap.key_positions) * w).sum().backward()
     (cap.maps[2] * w).sum().backward()
     g_e = eager.model.language_model.layers[2].self_attn.k_proj.weight.grad
     g_f = fast.model.language_model.layers[2].self_attn.k_proj.weight.grad

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from compodistill.objective import DistillationLoss, NonFiniteLossError, answer_positions, logit_kd_loss
+from compodistill.vat import vat_loss
 
 
 def _direct_kl(s, t, labels, tau):
@@ -54,11 +55,12 @@ def test_total_loss_terms_and_weights():
     s, t = torch.randn(2, 5, 6), torch.randn(2, 5, 6)
     lab = torch.tensor([[-100, -100, 1, 2, 3], [-100, 1, 2, -100, -100]])
     maps_s, maps_t = torch.rand(3, 2, 4, 4).softmax(-1), torch.rand(3, 2, 4, 4).softmax(-1)
+    vat = vat_loss(maps_s, maps_t, torch.tensor([True, True]))
     obj = DistillationLoss(kd_weight=0.5, vat_weight=2.0)
-    out = obj(torch.tensor(1.5), s, t, lab, maps_s, maps_t, torch.tensor([True, True]))
-    assert out["kd"] > 0 and out["vat"] > 0
-    assert torch.allclose(out["loss"], 1.5 + 0.5 * out["kd"] + 2.0 * out["vat"])
-    plain = DistillationLoss(kd_weight=0, vat_weight=0)(torch.tensor(1.5), s, t, lab, maps_s, maps_t)
+    out = obj(torch.tensor(1.5), s, t, lab, vat)
+    assert out["kd"] > 0 and out["vat"] is vat and vat > 0
+    assert torch.allclose(out["loss"], 1.5 + 0.5 * out["kd"] + 2.0 * vat)
+    plain = DistillationLoss(kd_weight=0, vat_weight=0)(torch.tensor(1.5), s, t, lab, vat)
     assert plain["loss"].item() == 1.5 and plain["kd"].item() == 0 and plain["vat"].item() == 0
 
 
@@ -66,4 +68,6 @@ def test_non_finite_terms_name_the_step_and_term():
     s = torch.randn(1, 4, 6); s[0, 1, 0] = float("inf")
     with pytest.raises(NonFiniteLossError, match="step 12: the kd loss"):
         DistillationLoss()(torch.tensor(1.0), s, torch.randn(1, 4, 6), torch.tensor([[-100, 1, 2, 3]]), step=12)
+    with pytest.raises(NonFiniteLossError, match="step 3: the vat loss is nan"):
+        DistillationLoss()(torch.tensor(1.0), vat=torch.tensor(float("nan")), step=3)
     with pytest.raises(ValueError, match="weights must be >= 0"): DistillationLoss(kd_weight=-1)

@@ -293,8 +293,7 @@ from compodistill.attention import capture_visual_attention
 from compodistill.checkpoints import word_tokenizer
 from compodistill.models import build_pair, dummy_batch
 from compodistill.placement import prepare_teacher
-from compodistill.trainer import _teacher_forward
-from compodistill.vat import group_matching
+from compodistill.vat import _teacher_forward, group_matching
 
 acc = Accelerator(cpu=True)                                   # MULTI_CPU with gloo
 assert acc.num_processes == 2

@@ -106,7 +106,7 @@ def test_one_pass_vat_equals_vat_on_kept_maps_with_gradients():
     gradients as `vat_loss` on every kept map — and the teacher keeps no map."""
     from compodistill.attention import capture_visual_attention
     from compodistill.models import build_pair, dummy_batch
-    from compodistill.vat import PairLosses, TeacherTargets, reduce_pair_losses
+    from compodistill.vat import PairLosses, TeacherTargets, reduce_pair_losses, vat_forward
     teacher, student = build_pair("tiny")
     student.train()
     batch = dummy_batch(student.config, pads=((0, 0), (3, 0), (0, 2)), text_only=(2,))
@@ -126,4 +126,9 @@ def test_one_pass_vat_equals_vat_on_kept_maps_with_gradients():
     assert s2.stack().shape == (2, 3)
     one_pass = reduce_pair_losses(s2.stack(), s2.present, reduction="mean")
     assert torch.allclose(one_pass, kept, atol=1e-6)
-    assert torch.allclose(torch.autograd.grad(one_pass, weight)[0], g_kept, atol=1e-6) and g_kept.abs().sum() > 0
+    g_one_pass = torch.autograd.grad(one_pass, weight)[0]
+    assert torch.allclose(g_one_pass, g_kept, atol=1e-6) and g_kept.abs().sum() > 0
+    t_logits, out, loss = vat_forward(teacher, student, batch, m, reduction="mean")  # the same, from batch to loss
+    assert torch.equal(loss, one_pass) and torch.equal(torch.autograd.grad(loss, weight)[0], g_one_pass)
+    with torch.no_grad(): assert torch.equal(t_logits, teacher(**batch).logits)
+    assert torch.equal(out.logits, student(**batch).logits)
