@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from .analysis import middle_band
+from .misalignment import middle_band
 from .attention import capture_visual_attention
 
 # %% auto #0
@@ -110,7 +110,7 @@ def adaptive_matching(similarity, # (teacher_depth, student_depth) similarity ma
     return LayerMatching(tuple(s), tuple((int(sim[:, j].argmax()),) for j in s), "adaptive")
 
 # %% ../nbs/05_vat.ipynb #8014fd75
-def report_matching(report:dict, # output of `analysis.analyze_attention`
+def report_matching(report:dict, # output of `misalignment.analyze_attention`
                     student:str, # name of the student in the report
                     k:int|None=None, # student layers to align (default: the report's whole band)
                    ) -> LayerMatching:

@@ -365,7 +365,7 @@ def winoground_pair(rng:random.Random, # random state
             return other, c0, c1, kind
 
 # %% ../nbs/02_world.ipynb #0c1c7e90
-FORMATS = ("caption_choice", "caption_match")  # the evaluator's question formats (10_eval)
+FORMATS = ("caption_choice", "caption_match")  # the evaluator's question formats (10_evaluate)
 
 def format_turn(rng:random.Random, # random state
                 scene:Scene, # the scene the question is about

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from compodistill.analysis import (analyze_attention, attention_profiles, depth_matched, layer_similarity,
+from compodistill.misalignment import (analyze_attention, attention_profiles, depth_matched, layer_similarity,
                                    middle_band, read_records)
 from compodistill.checkpoints import make_processor, save_llava, word_tokenizer
 from compodistill.models import build_llava, build_pair, preset_config

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from compodistill.bench import (MODES, bench_command, bench_matching, bench_preset, bench_ratios, bench_step,
+from compodistill.cost import (MODES, bench_command, bench_matching, bench_preset, bench_ratios, bench_step,
                                 flops_per_token, format_table, peak_tflops, step_flops)
 from compodistill.models import get_preset, preset_parameters
 
