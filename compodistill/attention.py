@@ -10,15 +10,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 from transformers import AttentionInterface, LlavaForConditionalGeneration
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # %% auto #0
-__all__ = ['SCORE_BLOCK_BYTES', 'GPU_BLOCK_BYTES', 'CAPTURE_ATTENTION', 'visual_positions', 'visual_attention_probs',
-           'VisualPlan', 'visual_plan', 'visual_map', 'enable_capture', 'VisualAttention', 'capture_visual_attention',
-           'visual_block']
+__all__ = ['SCORE_BLOCK_BYTES', 'GPU_BLOCK_BYTES', 'CAPTURE_ATTENTION', 'visual_positions', 'relative_depth', 'middle_band',
+           'visual_attention_probs', 'VisualPlan', 'visual_plan', 'visual_map', 'enable_capture', 'VisualAttention',
+           'capture_visual_attention', 'visual_block']
 
 # %% ../nbs/03_attention.ipynb #ae67c609
 def visual_positions(input_ids:torch.Tensor, # (batch, seq) token ids
@@ -35,6 +36,20 @@ def visual_positions(input_ids:torch.Tensor, # (batch, seq) token ids
     order = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     pos = torch.where(is_img, order, order + input_ids.shape[1]).sort(1).values[:, :n]  # image positions first
     return torch.where(present[:, None], pos, torch.arange(n, device=pos.device).clamp(max=input_ids.shape[1] - 1)), present
+
+# %% ../nbs/03_attention.ipynb #3de89f69
+def relative_depth(n_layers:int, # number of layers
+                  ) -> np.ndarray:
+    "Relative depth `l / (L - 1)` of each layer, in [0, 1]."
+    return np.arange(n_layers) / max(n_layers - 1, 1)
+
+def middle_band(n_layers:int, # number of layers
+                lo:float=0.3, # start of the band, as a fraction of depth
+                hi:float=0.7, # end of the band, as a fraction of depth
+               ) -> list[int]:
+    "The layers whose relative depth lies in [lo, hi]: the paper's visual-understanding band."
+    if not 0 <= lo < hi <= 1: raise ValueError(f"need 0 <= lo < hi <= 1, got lo={lo}, hi={hi}")
+    return [l for l, d in enumerate(relative_depth(n_layers)) if lo - 1e-9 <= d <= hi + 1e-9]
 
 # %% ../nbs/03_attention.ipynb #7f136077
 def _query_mask(mask:torch.Tensor|None, q_idx:torch.Tensor, q_len:int, kv_len:int) -> torch.Tensor:

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoProcessor,
                           AutoTokenizer, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast,
@@ -19,7 +20,7 @@ from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelFo
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from transformers.utils import logging as hf_logging
 
-from .models import PairPreset, llava_config, preset_config, visual_token_count
+from .models import PairPreset, llava_config, preset_config, projector_from_config, visual_token_count
 
 # %% auto #0
 __all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'CHOICE_PROMPT', 'MATCH_PROMPT', 'SPECIAL_TOKENS', 'IMAGE_TOKEN', 'COMPLETE',
@@ -164,9 +165,6 @@ def save_llava(model:LlavaForConditionalGeneration, # the model
 # %% ../nbs/00a_checkpoints.ipynb #e22179b0
 def _load_own_projector(model, path:Path):
     "Replace the projector of a model loaded from `path` by the one its config describes, with the saved weights."
-    from safetensors import safe_open
-
-    from compodistill.taf import projector_from_config
     marker, tensors = "multi_modal_projector.", {}
     for f in sorted(path.glob("*.safetensors")):
         with safe_open(f, "pt") as st:

@@ -22,8 +22,8 @@ from .reproduce import reproduce_command
 from .evaluate import eval_command
 from .checkpoints import (assemble_llava, load_llava, make_processor, save_llava, save_random_parts,
                                       word_tokenizer)
-from .models import build_pair, check_compatible, count_parameters, get_preset, parameter_table
-from .taf import TAFProjector, fold_taf
+from .models import TAFProjector, build_pair, check_compatible, count_parameters, get_preset, parameter_table
+from .taf import fold_taf
 from .pipeline import pipeline_command
 from .runner import parse_stage_config, run_stage
 

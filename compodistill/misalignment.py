@@ -13,13 +13,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .attention import capture_visual_attention
+from .attention import capture_visual_attention, middle_band, relative_depth
 from .data import chat_batch, open_image, read_json_records
 
 # %% auto #0
-__all__ = ['MEASURES', 'attention_profiles', 'layer_similarity', 'relative_depth', 'middle_band', 'depth_matched',
-           'analyze_attention', 'plot_depth_curves', 'plot_similarity_matrix', 'plot_attention_maps', 'read_records',
-           'analyze_command']
+__all__ = ['MEASURES', 'attention_profiles', 'layer_similarity', 'depth_matched', 'analyze_attention', 'plot_depth_curves',
+           'plot_similarity_matrix', 'plot_attention_maps', 'read_records', 'analyze_command']
 
 # %% ../nbs/04_misalignment.ipynb #412da17f
 def _text_queries(input_ids:torch.Tensor, attention_mask:torch.Tensor, key_positions:torch.Tensor) -> torch.Tensor:
@@ -58,20 +57,6 @@ def layer_similarity(teacher:torch.Tensor, # teacher profiles (teacher_layers, b
         teacher, student = teacher - teacher.mean(-1, keepdim=True), student - student.mean(-1, keepdim=True)
     t, s = (torch.nn.functional.normalize(x.double(), dim=-1) for x in (teacher, student))
     return torch.einsum("ibn,jbn->ijb", t, s).float()
-
-# %% ../nbs/04_misalignment.ipynb #3de89f69
-def relative_depth(n_layers:int, # number of layers
-                  ) -> np.ndarray:
-    "Relative depth `l / (L - 1)` of each layer, in [0, 1]."
-    return np.arange(n_layers) / max(n_layers - 1, 1)
-
-def middle_band(n_layers:int, # number of layers
-                lo:float=0.3, # start of the band, as a fraction of depth
-                hi:float=0.7, # end of the band, as a fraction of depth
-               ) -> list[int]:
-    "The layers whose relative depth lies in [lo, hi]: the paper's visual-understanding band."
-    if not 0 <= lo < hi <= 1: raise ValueError(f"need 0 <= lo < hi <= 1, got lo={lo}, hi={hi}")
-    return [l for l, d in enumerate(relative_depth(n_layers)) if lo - 1e-9 <= d <= hi + 1e-9]
 
 # %% ../nbs/04_misalignment.ipynb #0ba6814d
 def depth_matched(sim:torch.Tensor, # (teacher_layers, student_layers, ...) similarities

@@ -8,13 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
+from transformers.activations import ACT2FN
 from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration, PretrainedConfig
 
 # %% auto #0
 __all__ = ['SIGLIP_SO400M', 'QWEN15_4B', 'QWEN15_1_8B', 'QWEN25_7B', 'MOBILELLAMA_2_7B', 'MOBILELLAMA_1_4B', 'PRESETS',
            'Backbone', 'PairPreset', 'get_preset', 'visual_token_count', 'llava_config', 'preset_config', 'build_llava',
-           'build_pair', 'dummy_batch', 'count_parameters', 'preset_parameters', 'parameter_table', 'depth_faithful',
-           'IncompatiblePairError', 'check_compatible']
+           'build_pair', 'dummy_batch', 'WideProjector', 'TAFProjector', 'projector_spec', 'projector_from_config',
+           'count_parameters', 'preset_parameters', 'parameter_table', 'depth_faithful', 'IncompatiblePairError',
+           'check_compatible']
 
 # %% ../nbs/00_models.ipynb #dbc4e71a
 @dataclass(frozen=True)
@@ -181,6 +184,43 @@ def dummy_batch(config:LlavaConfig, # the model's config
         ids[i, l:l + rows.shape[1]], mask[i, l:l + rows.shape[1]] = rows[i], 1
     keep = [i for i in range(b) if i not in text_only]
     return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels[keep])
+
+# %% ../nbs/00_models.ipynb #9fc0eca3
+class WideProjector(nn.Module):
+    "LLaVA's two-layer projector with an inner width of its own: vision → inner → LLM."
+    def __init__(self, vision_hidden:int, inner:int, text_hidden:int, act:str="gelu", bias:bool=True):
+        super().__init__()
+        self.linear_1, self.act, self.linear_2 = nn.Linear(vision_hidden, inner, bias), ACT2FN[act], nn.Linear(inner, text_hidden, bias)
+
+    def forward(self, x):
+        "Patch features `(..., vision hidden)` to visual tokens `(..., LLM hidden)`."
+        return self.linear_2(self.act(self.linear_1(x)))
+
+# %% ../nbs/00_models.ipynb #4b0396d8
+class TAFProjector(WideProjector):
+    "Teacher Adapter Fetch: the teacher's projector (frozen) then a trainable linear map to the student's width."
+    def __init__(self, vision_hidden:int, teacher_hidden:int, student_hidden:int, act:str="gelu", bias:bool=True):
+        super().__init__(vision_hidden, teacher_hidden, teacher_hidden, act, bias)
+        self.linear_1.requires_grad_(False); self.linear_2.requires_grad_(False)
+        self.adapter = nn.Linear(teacher_hidden, student_hidden)
+
+    def forward(self, x):
+        "The teacher's projector, then the adapter to the student's width."
+        return self.adapter(super().forward(x))
+
+# %% ../nbs/00_models.ipynb #8925f0a4
+def projector_spec(config, # a LLaVA config
+                  ) -> dict:
+    "Activation and bias of a LLaVA config's projector."
+    return dict(act=config.projector_hidden_act, bias=config.multimodal_projector_bias)
+
+def projector_from_config(config, # a LLaVA config with `projector_intermediate_size` (and optionally `taf`)
+                         ) -> WideProjector:
+    "The projector module a saved config describes: `TAFProjector` if `config.taf`, else a folded `WideProjector`."
+    vis, text = config.vision_config.hidden_size, config.text_config.hidden_size
+    inner = config.projector_intermediate_size
+    if getattr(config, "taf", False): return TAFProjector(vis, inner, text, **projector_spec(config))
+    return WideProjector(vis, inner, text, **projector_spec(config))
 
 # %% ../nbs/00_models.ipynb #73458703
 def count_parameters(model:LlavaForConditionalGeneration, # a LLaVA model (may live on the meta device)

@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from .taf import TAFProjector, attach_taf
+from .models import TAFProjector
+from .taf import attach_taf
 
 # %% auto #0
 __all__ = ['STAGES', 'LORA_TARGETS', 'PARTS', 'Stage', 'setup_stage', 'trainable_summary', 'StageRun']

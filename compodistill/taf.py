@@ -5,44 +5,15 @@
 # %% ../nbs/06_taf.ipynb #9bfde1ce
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-
 import torch
-from torch import nn
-from transformers.activations import ACT2FN
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from .models import TAFProjector, WideProjector, projector_spec
 
 # %% auto #0
-__all__ = ['WideProjector', 'TAFProjector', 'attach_taf', 'projector_from_config', 'fold_taf']
-
-# %% ../nbs/06_taf.ipynb #9fc0eca3
-class WideProjector(nn.Module):
-    "LLaVA's two-layer projector with an inner width of its own: vision → inner → LLM."
-    def __init__(self, vision_hidden:int, inner:int, text_hidden:int, act:str="gelu", bias:bool=True):
-        super().__init__()
-        self.linear_1, self.act, self.linear_2 = nn.Linear(vision_hidden, inner, bias), ACT2FN[act], nn.Linear(inner, text_hidden, bias)
-
-    def forward(self, x):
-        "Patch features `(..., vision hidden)` to visual tokens `(..., LLM hidden)`."
-        return self.linear_2(self.act(self.linear_1(x)))
-
-# %% ../nbs/06_taf.ipynb #4b0396d8
-class TAFProjector(WideProjector):
-    "Teacher Adapter Fetch: the teacher's projector (frozen) then a trainable linear map to the student's width."
-    def __init__(self, vision_hidden:int, teacher_hidden:int, student_hidden:int, act:str="gelu", bias:bool=True):
-        super().__init__(vision_hidden, teacher_hidden, teacher_hidden, act, bias)
-        self.linear_1.requires_grad_(False); self.linear_2.requires_grad_(False)
-        self.adapter = nn.Linear(teacher_hidden, student_hidden)
-
-    def forward(self, x):
-        "The teacher's projector, then the adapter to the student's width."
-        return self.adapter(super().forward(x))
+__all__ = ['attach_taf', 'fold_taf']
 
 # %% ../nbs/06_taf.ipynb #246db3d4
-def _projector_spec(config) -> dict:
-    "Activation and bias of a LLaVA config's projector."
-    return dict(act=config.projector_hidden_act, bias=config.multimodal_projector_bias)
-
 def attach_taf(student, # the student LLaVA model (modified in place)
                teacher, # the teacher LLaVA model whose projector is fetched
                seed:int=0, # seed of the adapter's initialisation
@@ -56,20 +27,11 @@ def attach_taf(student, # the student LLaVA model (modified in place)
     d_t, d_s = src.linear_2.out_features, student.config.text_config.hidden_size
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        taf = TAFProjector(vs, d_t, d_s, **_projector_spec(teacher.config))
+        taf = TAFProjector(vs, d_t, d_s, **projector_spec(teacher.config))
     taf.linear_1.load_state_dict(src.linear_1.state_dict()); taf.linear_2.load_state_dict(src.linear_2.state_dict())
     student.model.multi_modal_projector = taf.to(device=src.linear_1.weight.device, dtype=src.linear_1.weight.dtype)
     student.config.projector_intermediate_size, student.config.taf = d_t, True
     return student
-
-# %% ../nbs/06_taf.ipynb #8925f0a4
-def projector_from_config(config, # a LLaVA config with `projector_intermediate_size` (and optionally `taf`)
-                         ) -> WideProjector:
-    "The projector module a saved config describes: `TAFProjector` if `config.taf`, else a folded `WideProjector`."
-    vis, text = config.vision_config.hidden_size, config.text_config.hidden_size
-    inner = config.projector_intermediate_size
-    if getattr(config, "taf", False): return TAFProjector(vis, inner, text, **_projector_spec(config))
-    return WideProjector(vis, inner, text, **_projector_spec(config))
 
 # %% ../nbs/06_taf.ipynb #eb38fc40
 def fold_taf(model, # a LLaVA model whose projector is a `TAFProjector` (modified in place)
@@ -93,7 +55,6 @@ def fold_taf(model, # a LLaVA model whose projector is a `TAFProjector` (modifie
     model.model.multi_modal_projector = folded
     del model.config.taf
     if inner == d_s:  # exactly LLaVA's own projector: a plain checkpoint
-        from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
         plain = LlavaMultiModalProjector(model.config).to(device=w2.device, dtype=w2.dtype)
         plain.load_state_dict(folded.state_dict())
         model.model.multi_modal_projector = plain

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from .misalignment import middle_band
-from .attention import capture_visual_attention
+from .attention import capture_visual_attention, middle_band
 
 # %% auto #0
 __all__ = ['OFFICIAL_WINDOWS', 'OFFICIAL_K', 'LayerMatching', 'group_matching', 'official_matching', 'band_matching',

@@ -54,3 +54,12 @@ def test_imports_run_down_the_reading_order(path):
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
 def test_modules_stay_short(path):
     assert len(path.read_text().splitlines()) <= 400, f"compodistill/{path.name} is over 400 lines"
+
+
+def test_training_does_not_load_the_analysis_stack():
+    "The trainer and the runner import no plotting: matplotlib belongs to the analysis notebooks' modules."
+    import subprocess
+    import sys
+    code = "import sys, compodistill.runner; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+    assert out.stdout.strip() == "False"

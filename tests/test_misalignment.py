@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from compodistill.misalignment import (analyze_attention, attention_profiles, depth_matched, layer_similarity,
-                                   middle_band, read_records)
+from compodistill.attention import middle_band
+from compodistill.misalignment import analyze_attention, attention_profiles, depth_matched, layer_similarity, read_records
 from compodistill.checkpoints import make_processor, save_llava, word_tokenizer
 from compodistill.models import build_llava, build_pair, preset_config
 

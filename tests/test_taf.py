@@ -6,7 +6,8 @@ from transformers import LlavaForConditionalGeneration
 
 from compodistill.checkpoints import load_llava, make_processor, save_llava
 from compodistill.models import build_llava, build_pair, dummy_batch, preset_config
-from compodistill.taf import TAFProjector, WideProjector, attach_taf, fold_taf
+from compodistill.models import TAFProjector, WideProjector
+from compodistill.taf import attach_taf, fold_taf
 
 
 @pytest.fixture
