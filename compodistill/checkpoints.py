@@ -18,14 +18,15 @@ from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelFo
                           AutoTokenizer, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast,
                           SiglipImageProcessorPil, Trainer)
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+from transformers.trainer_utils import rotate_checkpoints
 from transformers.utils import logging as hf_logging
 
 from .models import PairPreset, llava_config, preset_config, projector_from_config, visual_token_count
 
 # %% auto #0
 __all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'CHOICE_PROMPT', 'MATCH_PROMPT', 'SPECIAL_TOKENS', 'IMAGE_TOKEN', 'COMPLETE',
-           'split_words', 'word_tokenizer', 'make_processor', 'add_image_token', 'assemble_llava', 'save_llava',
-           'load_llava', 'save_random_parts', 'last_complete_checkpoint', 'CheckpointingTrainer']
+           'split_words', 'word_tokenizer', 'make_processor', 'add_image_token', 'safetensors_only', 'assemble_llava',
+           'save_llava', 'load_llava', 'save_random_parts', 'last_complete_checkpoint', 'CheckpointingTrainer']
 
 # %% ../nbs/00a_checkpoints.ipynb #9f153ac7
 SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
@@ -104,6 +105,16 @@ def add_image_token(tokenizer, # any transformers tokenizer
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 # %% ../nbs/00a_checkpoints.ipynb #8b42b69c
+def safetensors_only(path:str|Path, # a local checkpoint directory or a hub id
+                    ):
+    "Refuse a local checkpoint whose weights are only pickled (`.bin`, `.pt`): loading one runs arbitrary code."
+    path = Path(path)
+    if not path.is_dir() or any(path.glob("*.safetensors")): return
+    pickled = sorted(p.name for ext in ("*.bin", "*.pt", "*.pth") for p in path.glob(ext))
+    if pickled:
+        raise ValueError(f"{path}: weights are pickled ({', '.join(pickled)}); compodistill loads safetensors only. "
+                         "Convert a checkpoint you trust: load it with transformers and `save_pretrained(dir)` it")
+
 def _load_vision_tower(vision:str, dtype, attn_implementation:str):
     "The vision tower of a vision checkpoint (a whole SigLIP/CLIP model or the tower alone) and its config."
     config = AutoConfig.from_pretrained(vision)
@@ -112,8 +123,9 @@ def _load_vision_tower(vision:str, dtype, attn_implementation:str):
         raise ValueError(f"{vision}: model_type {config.model_type!r} is not a vision tower (its config has no patch_size)")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the text tower of a whole SigLIP checkpoint is dropped on purpose
+    safetensors_only(vision)
     try: tower, info = AutoModel.from_pretrained(vision, config=config, dtype=dtype, output_loading_info=True,
-                                                 attn_implementation=attn_implementation)
+                                                 attn_implementation=attn_implementation, use_safetensors=True)
     finally: hf_logging.set_verbosity(verbosity)
     if info["missing_keys"]:
         raise ValueError(f"{vision}: no weights for {len(info['missing_keys'])} vision tower tensors "
@@ -129,7 +141,8 @@ def assemble_llava(llm:str|Path, # hub id or directory of a pretrained causal LM
                    attn_implementation:str="sdpa", # attention kernel of the LLM and the vision tower
                   ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     "A LLaVA model made of a pretrained LLM, a pretrained vision tower and a new projector, with its processor."
-    lm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype, attn_implementation=attn_implementation)
+    safetensors_only(llm)
+    lm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True)
     tower = _load_vision_tower(vision, dtype, attn_implementation)
     tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(llm)
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -146,6 +159,13 @@ def assemble_llava(llm:str|Path, # hub id or directory of a pretrained causal LM
     return model.eval(), processor
 
 # %% ../nbs/00a_checkpoints.ipynb #99e0ba0c
+def _recover_interrupted_save(path:Path):
+    "Clean up after a save to `path` that was killed: restore the previous checkpoint if it was moved aside, drop unfinished copies."
+    for old in sorted(path.parent.glob(f".{path.name}.old-*")):
+        if not path.exists(): old.rename(path)  # killed between moving the old one aside and putting the new one in place
+        else: shutil.rmtree(old)
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"): shutil.rmtree(tmp)  # never renamed into place: unfinished
+
 def save_llava(model:LlavaForConditionalGeneration, # the model
                processor:LlavaProcessor, # its processor
                path:str|Path, # the checkpoint directory to (re)place
@@ -153,13 +173,14 @@ def save_llava(model:LlavaForConditionalGeneration, # the model
     "Atomically write model (safetensors) and processor to `path`; return `path`."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _recover_interrupted_save(path)
     tmp, old = (path.with_name(f".{path.name}.{tag}-{os.getpid()}") for tag in ("tmp", "old"))
-    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    if path.exists(): path.rename(old)
+    replaces = path.exists()
+    if replaces: path.rename(old)
     tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    if replaces: shutil.rmtree(old)
     return path
 
 # %% ../nbs/00a_checkpoints.ipynb #e22179b0
@@ -184,7 +205,10 @@ def load_llava(path:str|Path, # a checkpoint directory written by `save_llava` (
     "Load a LLaVA model and its processor from a checkpoint directory."
     path = Path(path)
     if not (path / "config.json").is_file():
+        if (path / "model" / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a stage's output folder: its checkpoint is {path / 'model'}")
         raise FileNotFoundError(f"{path}: not a checkpoint directory (no config.json)")
+    safetensors_only(path)
     kind = AutoConfig.from_pretrained(path).model_type
     if kind != "llava": raise ValueError(f"{path}/config.json: model_type is {kind!r}, expected 'llava'")
     config = AutoConfig.from_pretrained(path)
@@ -193,7 +217,7 @@ def load_llava(path:str|Path, # a checkpoint directory written by `save_llava` (
     if own_projector: hf_logging.set_verbosity_error()  # its shapes differ from LLaVA's own on purpose
     try: model = LlavaForConditionalGeneration.from_pretrained(
         path, dtype=dtype if dtype is not None else "auto", attn_implementation=attn_implementation,
-        device_map=device_map, ignore_mismatched_sizes=own_projector)
+        device_map=device_map, ignore_mismatched_sizes=own_projector, use_safetensors=True)
     finally: hf_logging.set_verbosity(verbosity)
     if own_projector: _load_own_projector(model, path)
     return model.eval(), AutoProcessor.from_pretrained(path)
@@ -229,7 +253,16 @@ def last_complete_checkpoint(output_dir:str|Path, # a run's output directory
 class CheckpointingTrainer(Trainer):
     "A Trainer whose checkpoints end with a `COMPLETE` marker, so that resuming never starts from a partial one."
     def _save_checkpoint(self, model, trial):
-        "Save a Trainer checkpoint, then mark it complete (resume only trusts marked checkpoints)."
-        super()._save_checkpoint(model, trial)
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        if self.args.should_save: (folder / COMPLETE).write_text(json.dumps({"step": self.state.global_step}))
+        "Save a Trainer checkpoint, mark it complete, and only then drop checkpoints beyond `save_total_limit`."
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # the Trainer would rotate before the marker
+        try: super()._save_checkpoint(model, trial)
+        finally: self.args.save_total_limit = limit
+        run = self._get_output_dir(trial=trial)
+        if not self.args.should_save: return
+        (Path(run) / f"checkpoint-{self.state.global_step}" / COMPLETE).write_text(json.dumps({"step": self.state.global_step}))
+        rotate_checkpoints(run, limit, self.state.best_model_checkpoint, use_mtime=True)
+
+    def _run_epoch(self, *args, **kwargs):
+        "Run an epoch unless the run already reached `max_steps` (resumed from its last checkpoint: nothing left to train)."
+        if 0 < self.state.max_steps <= self.state.global_step: self.control.should_training_stop = True; return
+        return super()._run_epoch(*args, **kwargs)

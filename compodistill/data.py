@@ -123,6 +123,8 @@ def _problem(record:dict, ignore_keys=()) -> tuple[str, str] | None:
             return bad(f"turn {j}: expected a {expected!r} turn, got {t['from']!r} (turns alternate human, gpt)")
     if not any(t["from"] == "gpt" for t in turns):
         return "no gpt turn", "the conversation has no 'gpt' turn: nothing to learn"
+    if empty := [j for j, t in enumerate(turns) if t["from"] == "gpt" and not t["value"].strip()]:
+        return "empty answer", f"turn {empty[0]}: the 'gpt' answer is empty (it would train on the end token only)"
     n = sum(t["value"].count(IMAGE_TOKEN) for t in turns if t["from"] == "human")
     mismatch = lambda detail: ("image placeholder mismatch", detail)
     if any(IMAGE_TOKEN in t["value"] for t in turns if t["from"] != "human"):

@@ -39,7 +39,9 @@ def logit_kd_loss(student_logits:torch.Tensor, # (batch, seq, V_s)
     if not pos.any(): return student_logits.sum() * 0
     log_q = F.log_softmax(student_logits[pos].float() / temperature, -1)
     log_p = F.log_softmax(teacher_logits[pos][:, :v_s].detach().float() / temperature, -1)
-    per_pos = (log_p.exp() * ((log_p if kind == "kl" else 0) - log_q)).sum(-1)
+    p = log_p.exp()
+    per_entry = p * ((log_p if kind == "kl" else 0) - log_q)
+    per_pos = torch.where(p > 0, per_entry, 0.0).sum(-1)  # 0 · log 0 = 0, as the official code masks -inf log-probs
     return per_pos.mean() * temperature ** 2
 
 # %% ../nbs/07_objective.ipynb #39c3a79d

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,12 +21,13 @@ from .models import check_compatible
 from .objective import DistillationLoss
 from .placement import trained_student, whole_weights
 from .stages import PARTS, STAGES, StageRun, setup_stage
-from .trainer import DistillationTrainer
+from .trainer import DistillationTrainer, DivergenceGuard
 from .vat import LayerMatching, band_matching, official_matching, report_matching
 from .vision import vision_run
 
 # %% auto #0
-__all__ = ['STAGE_DONE', 'Resolved', 'StageConfig', 'check_inputs', 'typed_values', 'parse_stage_config', 'run_stage']
+__all__ = ['STAGE_DONE', 'RUN_ONLY', 'Resolved', 'StageConfig', 'check_inputs', 'typed_values', 'parse_stage_config',
+           'recorded_settings', 'changed_settings', 'whole_run_loss', 'run_stage']
 
 # %% ../nbs/08d_runner.ipynb #923ddf0f
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class StageConfig:
     also_train: list[str] = field(default_factory=list, metadata={"help": "parts trained besides the stage's: llm, vision, projector (small scale: nothing is pretrained)"})
     lora_r: int = field(default=128, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha"})
+    divergence_patience: int = field(default=10, metadata={"help": "stop when the loss stays above 1.25x its start or the gradient norm stays 0 for this many logged steps (0: never)"})
+    restart: bool = field(default=False, metadata={"help": "start over: remove this stage's earlier checkpoints and model from output_dir first"})
 
     def __post_init__(self):
         if self.stage not in STAGES: raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
@@ -161,27 +165,67 @@ def _distillation_run(cfg:StageConfig, args:TrainingArguments, r:Resolved) -> St
                                   objective=objective, matching=matching)
     return StageRun(trainer, model, processor, data, lambda: load()[0])
 
+RUN_ONLY = {"output_dir", "logging_dir", "run_name", "disable_tqdm", "report_to", "logging_steps", "logging_strategy",
+            "logging_first_step", "dataloader_num_workers", "save_steps", "save_strategy", "save_total_limit",
+            "overwrite_output_dir", "resume_from_checkpoint", "restart", "divergence_patience"}  # settings that do not change what is trained
+
+def recorded_settings(cfg:StageConfig, # the stage
+                      args:TrainingArguments, # its training arguments
+                     ) -> dict:
+    "The settings that define a stage's result, as `config.json` records them (JSON types)."
+    return json.loads(json.dumps(dict(stage=asdict(cfg), resolved=asdict(cfg.resolved()), training=args.to_dict())))
+
+def changed_settings(out:str|Path, # a stage's output folder
+                     cfg:StageConfig, # the stage as it would run now
+                     args:TrainingArguments, # its training arguments
+                    ) -> dict:
+    "`{key: (recorded, now)}` for the settings that differ from those the folder's run was started with (empty if none or no run)."
+    path = Path(out) / "config.json"
+    if not path.is_file(): return {}
+    old, new = json.loads(path.read_text()), recorded_settings(cfg, args)
+    return {k: (old.get(part, {}).get(k), v) for part in ("stage", "training") for k, v in new[part].items()
+            if k not in RUN_ONLY and old.get(part, {}).get(k) != v}
+
+def whole_run_loss(log_history:list, # the Trainer's `state.log_history` (restored on resume)
+                  ) -> float|None:
+    "The mean training loss over every step of the run, resumed parts included, from the logged interval means."
+    logs, total, steps, last = sorted((l for l in log_history if "loss" in l), key=lambda l: l["step"]), 0.0, 0, 0
+    for l in logs: total, steps, last = total + l["loss"] * (l["step"] - last), steps + l["step"] - last, l["step"]
+    return total / steps if steps else None
+
+def _start_over(out:Path):
+    "Remove what an earlier run of this stage wrote into `out` (checkpoints, model, records), nothing else."
+    for p in [*out.glob("checkpoint-*"), out / "model"]:
+        if p.is_dir(): shutil.rmtree(p)
+    for name in (STAGE_DONE, "config.json"): (out / name).unlink(missing_ok=True)
+
 def run_stage(cfg:StageConfig, # what to train
               args:TrainingArguments, # how to train it (output_dir, optimisation, checkpointing)
              ) -> Path:
     "Train one stage (resuming if interrupted) and write its model to `<output_dir>/model`; return that path."
     r, out = check_inputs(cfg), Path(args.output_dir)
+    if cfg.restart: _start_over(out)
+    if changed := changed_settings(out, cfg, args):
+        raise ValueError(f"{out} holds a run of this stage with other settings (recorded → now): "
+                         + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items())
+                         + "; use another output_dir, or restart=true to train it again from the start")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dict(stage=asdict(cfg), resolved=asdict(r), training=args.to_dict()), indent=1))
+    (out / "config.json").write_text(json.dumps(recorded_settings(cfg, args), indent=1))
     run = vision_run(cfg, args) if cfg.stage == "vision" else _distillation_run(cfg, args, r)
     trainer, data = run.trainer, run.data
+    trainer.add_callback(DivergenceGuard(cfg.divergence_patience))
     world = args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
     matching = getattr(trainer, "matching", None)
     if trainer.is_world_process_zero():
         print(f"stage {cfg.stage}: {len(data)} samples, global batch {world}, trains {r.trains}"
               + (f", VAT {matching}" if matching else ""))
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(out))
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(out))
     model = trained_student(trainer, run.model, run.rebuild)
     if trainer.is_world_process_zero():
         save_llava(model, run.processor, out / "model")
         logs = [l for l in trainer.state.log_history if "loss" in l]
         (out / STAGE_DONE).write_text(json.dumps(dict(
             stage=cfg.stage, global_batch=world, steps=trainer.state.global_step, wall_s=round(time.time() - t0, 1),
-            train_loss=result.training_loss, last_log=logs[-1] if logs else None, data_report=str(data.report)), indent=1))
+            train_loss=whole_run_loss(trainer.state.log_history), last_log=logs[-1] if logs else None, data_report=str(data.report)), indent=1))
     return out / "model"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from peft import PeftModel
+from transformers import TrainerCallback
 
 from .checkpoints import CheckpointingTrainer
 from .models import check_compatible
@@ -15,7 +16,7 @@ from .placement import check_vat_capture, prepare_teacher
 from .vat import LayerMatching, vat_forward
 
 # %% auto #0
-__all__ = ['distillation_terms', 'DistillationTrainer']
+__all__ = ['distillation_terms', 'DistillationTrainer', 'TrainingDivergedError', 'DivergenceGuard']
 
 # %% ../nbs/08b_trainer.ipynb #3c0209f9
 def distillation_terms(model, # the student as the Trainer calls it (may be wrapped: DDP, DeepSpeed, FSDP, LoRA)
@@ -77,3 +78,25 @@ class DistillationTrainer(CheckpointingTrainer):
             logs.update({f"loss_{k}": round(v, 6) for k, v in zip(keys, means.tolist())})
             self._terms.clear()
         super().log(logs, start_time)
+
+# %% ../nbs/08b_trainer.ipynb #6ea5a21e
+class TrainingDivergedError(FloatingPointError):
+    "A training run diverged; the message names the step and what was seen."
+
+class DivergenceGuard(TrainerCallback):
+    "Stop a run whose loss stays above 1.25 × its first logged value, or whose gradient norm stays 0, for `patience` logs."
+    def __init__(self, patience:int=10, # logged steps in a row that count as diverged (0: never stop)
+                 rise:float=1.25, # a loss above `rise` × the first logged loss counts as diverged
+                ):
+        self.patience, self.rise, self.start, self.bad = patience, rise, None, 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        "Count a diverged log; raise `TrainingDivergedError` after `patience` of them in a row."
+        if not self.patience or logs is None or "loss" not in logs: return
+        loss, grad = logs["loss"], logs.get("grad_norm")
+        if self.start is None: self.start = loss
+        self.bad = self.bad + 1 if (grad == 0 or loss > self.rise * self.start) else 0
+        if self.bad >= self.patience:
+            raise TrainingDivergedError(f"step {state.global_step}: the run diverged — for {self.bad} logged steps the loss was "
+                                        f"above {self.rise} × its first value {self.start:.4g} (now {loss:.4g}) or the gradient "
+                                        f"norm was 0 (now {grad}); lower the learning rate")

@@ -71,3 +71,19 @@ def test_non_finite_terms_name_the_step_and_term():
     with pytest.raises(NonFiniteLossError, match="step 3: the vat loss is nan"):
         DistillationLoss()(torch.tensor(1.0), vat=torch.tensor(float("nan")), step=3)
     with pytest.raises(ValueError, match="weights must be >= 0"): DistillationLoss(kd_weight=-1)
+
+
+def test_kd_masks_tokens_both_models_rule_out():
+    "A token with teacher probability 0 and student log-probability -inf adds 0 (the official mask), not NaN."
+    torch.manual_seed(0)
+    t, s = torch.randn(1, 4, 6) * 3, torch.randn(1, 4, 6)
+    labels = torch.tensor([[-100, 2, 3, 4]])
+    t[..., 0] = s[..., 0] = float("-inf")
+    for kind in ("kl", "ce"):
+        loss = logit_kd_loss(s.requires_grad_(), t, labels, kind=kind)
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert torch.isfinite(s.grad).all()
+        s.grad = None
+    s = s.detach()
+    assert logit_kd_loss(s, t, labels).item() == pytest.approx(logit_kd_loss(s[..., 1:], t[..., 1:], labels).item(), rel=1e-6)

@@ -1,0 +1,124 @@
+"""Faults that must lose nothing: kills in every window of a stage, changed settings, interrupted saves, pickled weights."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import compodistill.checkpoints as checkpoints
+from compodistill.checkpoints import COMPLETE, load_llava, make_processor, save_llava
+from compodistill.models import build_pair
+from compodistill.runner import STAGE_DONE, parse_stage_config, run_stage
+
+
+def _stage(common, root, out, **kw):
+    "Run the DFT stage of the toy world into `out` (constant learning rate: every step counts)."
+    values = {**common, "max_steps": 4, "save_steps": 2, "lr_scheduler_type": "constant", **kw}
+    return run_stage(*parse_stage_config(None, stage="dft", model=str(root / "student"), output_dir=str(out), **values))
+
+
+def _weights(model_dir):
+    return load_file(model_dir / "model.safetensors")
+
+
+def _same(a, b):
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+@pytest.fixture
+def world(toy_world, tmp_path):
+    "The toy world and an uninterrupted reference run."
+    common = toy_world(tmp_path)
+    ref = _stage(common, tmp_path, tmp_path / "ref")
+    return common, tmp_path, _weights(ref), json.loads((tmp_path / "ref" / STAGE_DONE).read_text())
+
+
+def test_kill_after_the_last_checkpoint_trains_nothing_more(world):
+    common, root, ref, done = world
+    out = root / "run"
+    _stage(common, root, out)
+    shutil.rmtree(out / "model"); (out / STAGE_DONE).unlink()    # killed after checkpoint-4, before the model was written
+    again = json.loads((_stage(common, root, out).parent / STAGE_DONE).read_text())
+    assert again["steps"] == 4 and _same(ref, _weights(out / "model")) == []
+    assert again["train_loss"] == pytest.approx(done["train_loss"])  # over the whole run, not the (empty) resumed part
+
+
+def test_kill_mid_run_resumes_exactly_and_reports_the_whole_run_loss(world, monkeypatch):
+    common, root, ref, done = world
+    out = root / "run"
+    real = checkpoints.CheckpointingTrainer._save_checkpoint
+    def killed_after_step_2(self, model, trial):
+        real(self, model, trial)
+        raise KeyboardInterrupt("killed")
+    monkeypatch.setattr(checkpoints.CheckpointingTrainer, "_save_checkpoint", killed_after_step_2)
+    with pytest.raises(KeyboardInterrupt): _stage(common, root, out)
+    monkeypatch.undo()
+    again = json.loads((_stage(common, root, out).parent / STAGE_DONE).read_text())
+    assert again["steps"] == 4 and _same(ref, _weights(out / "model")) == []
+    assert again["train_loss"] == pytest.approx(done["train_loss"])
+
+
+def test_checkpoint_rotation_keeps_the_last_complete_one_until_the_new_one_is_marked(world, monkeypatch):
+    common, root, ref, _ = world
+    out = root / "run"
+    real = checkpoints.Path.write_text
+    def kill_before_marking_4(self, text, *a, **k):
+        if self.name == COMPLETE and self.parent.name == "checkpoint-4": raise KeyboardInterrupt("killed")
+        return real(self, text, *a, **k)
+    monkeypatch.setattr(checkpoints.Path, "write_text", kill_before_marking_4)
+    with pytest.raises(KeyboardInterrupt): _stage(common, root, out, save_total_limit=1)
+    monkeypatch.undo()
+    assert (out / "checkpoint-2" / COMPLETE).is_file()              # still there: the resume point
+    _stage(common, root, out, save_total_limit=1)
+    assert _same(ref, _weights(out / "model")) == []
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]   # rotated once 4 was complete
+
+
+def test_changed_settings_are_refused_and_restart_starts_over(world):
+    common, root, _, _ = world
+    with pytest.raises(ValueError, match=r"other settings.*learning_rate 0\.002 → 0\.001"):
+        _stage(common, root, root / "ref", learning_rate=1e-3)
+    _stage(common, root, root / "ref", logging_steps=2)                 # logging is not part of a run's identity
+    _stage(common, root, root / "ref", learning_rate=1e-3, restart=True)
+    recorded = json.loads((root / "ref" / "config.json").read_text())
+    assert recorded["training"]["learning_rate"] == 1e-3 and (root / "ref" / STAGE_DONE).is_file()
+
+
+def test_interrupted_save_is_cleaned_up_and_the_previous_checkpoint_restored(tok, tmp_path):
+    _, model = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
+    proc = make_processor(tok, model.config.vision_config)
+    path = save_llava(model, proc, tmp_path / "ckpt")
+    path.rename(tmp_path / ".ckpt.old-123")                            # killed between the two renames ...
+    (tmp_path / ".ckpt.tmp-123").mkdir()                               # ... leaving the new copy unfinished
+    save_llava(model, proc, tmp_path / "ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert load_llava(tmp_path / "ckpt")[0].config.model_type == "llava"
+
+
+def test_pickled_weights_and_stage_folders_are_refused_by_name(tok, tmp_path):
+    _, model = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
+    path = save_llava(model, make_processor(tok, model.config.vision_config), tmp_path / "stage" / "model")
+    with pytest.raises(FileNotFoundError, match="stage's output folder: its checkpoint is .*stage/model"):
+        load_llava(tmp_path / "stage")
+    torch.save(load_file(path / "model.safetensors"), path / "pytorch_model.bin")
+    (path / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"pickled \(pytorch_model\.bin\); compodistill loads safetensors only"):
+        load_llava(path)
+
+
+def test_empty_answers_are_bad_records(tmp_path):
+    from compodistill.data import check_data
+    turns = lambda answer: [{"from": "human", "value": "what colour is the circle ?"}, {"from": "gpt", "value": answer}]
+    (tmp_path / "d.json").write_text(json.dumps([{"id": "a", "conversations": turns("red")},
+                                                 {"id": "b", "conversations": turns("  ")}, {"id": "c", "conversations": turns("")}]))
+    report = check_data(tmp_path / "d.json")
+    assert report.counts == {"empty answer": 2} and "record #1 (id 'b')" in str(report)
+
+
+def test_a_diverging_run_stops_with_a_named_error(toy_world, tmp_path):
+    from compodistill.trainer import TrainingDivergedError
+    common = toy_world(tmp_path)
+    with pytest.raises(TrainingDivergedError, match="the run diverged"):
+        _stage(common, tmp_path, tmp_path / "run", learning_rate=1e8, max_steps=12, divergence_patience=3)
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / STAGE_DONE).exists()
