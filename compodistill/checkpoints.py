@@ -55,7 +55,7 @@ CHAT_TEMPLATE = (
 
 # %% ../nbs/00a_checkpoints.ipynb #3864023c
 # The two questions the evaluator asks of compositional sets (`10_evaluate`), here beside the template because the
-# world's instruction data (`02_world`) teaches them in exactly this wording.
+# world's instruction data (`02a_corpus`) teaches them in exactly this wording.
 CHOICE_PROMPT = ("Which caption best describes the image?\n(A) {a}\n(B) {b}\n"
                  "Answer with the option's letter from the given choices directly.")
 MATCH_PROMPT = "Does this caption describe the image? {caption}\nAnswer yes or no."

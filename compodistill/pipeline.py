@@ -13,9 +13,9 @@ import yaml
 from transformers import TrainingArguments
 
 from .checkpoints import assemble_llava, load_llava, make_processor, save_llava, word_tokenizer
+from .corpus import write_world
 from .models import build_pair
 from .runner import STAGE_DONE, StageConfig, parse_stage_config, run_stage, typed_values
-from .world import write_world
 
 # %% auto #0
 __all__ = ['Pipeline', 'stage_dir', 'init_dir', 'resolve', 'stage_values', 'stage_order', 'build_init', 'prepare_world',

@@ -42,7 +42,7 @@ def patch_targets(mask:Image.Image, # instance mask: pixel value k + 1 on object
 # %% ../nbs/08c_vision.ipynb #e705659c
 SCENE_KEYS = ("id", "image", "mask", "objects")
 
-def load_scenes(path:str|Path, # a JSON array or JSONL file of scene-graph records (`02_world`'s `*_scenes.json`)
+def load_scenes(path:str|Path, # a JSON array or JSONL file of scene-graph records (`02a_corpus`'s `*_scenes.json`)
                 image_folder:str|Path|None=None, # the folder `image` and `mask` paths are relative to; default: the file's
                ) -> tuple[list[dict], dict[str, list[str]]]:
     "The checked records, and the vocabulary of each attribute (its string values, sorted; target 0 means no object)."

@@ -10,9 +10,10 @@ from compodistill.checkpoints import load_llava, make_processor, save_llava, wor
 from compodistill.data import DataError
 from compodistill.models import build_pair
 from compodistill.checkpoints import COMPLETE
+from compodistill.corpus import WORLD_VOCAB, write_world
 from compodistill.runner import STAGE_DONE, parse_stage_config, run_stage
 from compodistill.vision import SceneDataset, load_scenes, patch_targets
-from compodistill.world import WORLD_VOCAB, Obj, Scene, write_world
+from compodistill.world import Obj, Scene
 
 VOCAB = {"colour": ["blue", "red"], "shape": ["circle", "square"], "size": ["large", "small"]}
 

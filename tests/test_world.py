@@ -1,14 +1,14 @@
-"""The synthetic world: determinism, truth of every caption/answer/negative checked by an independent reader of the
-scene graphs, Winoground pairs, held-out compositions, LLaVA format, vocabulary and speed."""
+"""The synthetic world (02_world, 02a_corpus): determinism, truth of every caption/answer/negative checked by an
+independent reader of the scene graphs, Winoground pairs, held-out compositions, LLaVA format, vocabulary and speed."""
 import json
 import re
 
 import pytest
 from PIL import Image
 
-from compodistill.world import (COLOURS, DEFAULT_HELDOUT, NEGATIVE_TYPES, NUMBERS, OPPOSITE, PERCEPTION, PLURALS,
-                                FORMATS, RECOGNITION, SHAPES, TRAIN_FILES, WORLD_VOCAB, Obj, Scene, balance, build_world,
-                                write_world)
+from compodistill.corpus import (FORMATS, NEGATIVE_TYPES, PERCEPTION, RECOGNITION, TRAIN_FILES, WORLD_VOCAB, balance,
+                                 build_world, write_world)
+from compodistill.world import COLOURS, DEFAULT_HELDOUT, NUMBERS, OPPOSITE, PLURALS, SHAPES, Obj, Scene
 
 SMALL = dict(n_train=400, n_eval=150, n_heldout=80)
 
@@ -386,5 +386,5 @@ def test_balance(world):
 
 
 def test_generating_10k_scenes_and_text():
-    world = build_world(seed=0, n_train=10_000, n_eval=0, n_heldout=0)  # its speed is reported by 02_world, not tested
+    world = build_world(seed=0, n_train=10_000, n_eval=0, n_heldout=0)  # its speed is reported by 02a_corpus, not tested
     assert len(world.files["train_instruct"]) == 10_000
