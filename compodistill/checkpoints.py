@@ -24,9 +24,10 @@ from transformers.utils import logging as hf_logging
 from .models import PairPreset, llava_config, preset_config, projector_from_config, visual_token_count
 
 # %% auto #0
-__all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'CHOICE_PROMPT', 'MATCH_PROMPT', 'SPECIAL_TOKENS', 'IMAGE_TOKEN', 'COMPLETE',
-           'split_words', 'word_tokenizer', 'make_processor', 'add_image_token', 'safetensors_only', 'assemble_llava',
-           'save_llava', 'load_llava', 'save_random_parts', 'last_complete_checkpoint', 'CheckpointingTrainer']
+__all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'CHOICE_PROMPT', 'MATCH_PROMPT', 'SPECIAL_TOKENS', 'IMAGE_TOKEN', 'CHECKPOINT_FILES',
+           'COMPLETE', 'split_words', 'word_tokenizer', 'make_processor', 'add_image_token', 'safetensors_only',
+           'assemble_llava', 'foreign_files', 'save_llava', 'load_llava', 'save_random_parts',
+           'last_complete_checkpoint', 'CheckpointingTrainer']
 
 # %% ../nbs/00a_checkpoints.ipynb #9f153ac7
 SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
@@ -166,12 +167,28 @@ def _recover_interrupted_save(path:Path):
         else: shutil.rmtree(old)
     for tmp in path.parent.glob(f".{path.name}.tmp-*"): shutil.rmtree(tmp)  # never renamed into place: unfinished
 
+CHECKPOINT_FILES = re.compile(r"(config|generation_config|processor_config|preprocessor_config|tokenizer|tokenizer_config|"
+                              r"special_tokens_map|added_tokens|vocab|chat_template)\.json|chat_template\.jinja|merges\.txt|"
+                              r"tokenizer\.model|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")  # what a save writes
+
+def foreign_files(path:str|Path, # a folder a checkpoint is about to replace
+                 ) -> list[str]:
+    "The entries of `path` that no model or processor save writes: a user's files, which replacing the folder would delete."
+    path = Path(path)
+    return sorted(p.name for p in path.iterdir() if not (p.is_file() and CHECKPOINT_FILES.fullmatch(p.name))) if path.is_dir() else []
+
 def save_llava(model:LlavaForConditionalGeneration, # the model
                processor:LlavaProcessor, # its processor
                path:str|Path, # the checkpoint directory to (re)place
+               overwrite:bool=False, # replace `path` even if it holds files a checkpoint save does not write
               ) -> Path:
     "Atomically write model (safetensors) and processor to `path`; return `path`."
     path = Path(path)
+    if path.exists() and not path.is_dir(): raise FileExistsError(f"{path} exists and is not a folder")
+    if (foreign := foreign_files(path)) and not overwrite:
+        raise FileExistsError(f"{path} holds files that are not a checkpoint's ({', '.join(foreign[:5])}"
+                              f"{', ...' if len(foreign) > 5 else ''}): replacing it would delete them; "
+                              "choose another folder or overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
     _recover_interrupted_save(path)
     tmp, old = (path.with_name(f".{path.name}.{tag}-{os.getpid()}") for tag in ("tmp", "old"))

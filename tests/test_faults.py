@@ -122,3 +122,17 @@ def test_a_diverging_run_stops_with_a_named_error(toy_world, tmp_path):
     with pytest.raises(TrainingDivergedError, match="the run diverged"):
         _stage(common, tmp_path, tmp_path / "run", learning_rate=1e8, max_steps=12, divergence_patience=3)
     assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / STAGE_DONE).exists()
+
+
+def test_saving_never_deletes_a_users_files(tok, tmp_path):
+    _, model = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
+    proc = make_processor(tok, model.config.vision_config)
+    folder = tmp_path / "out"
+    folder.mkdir(); (folder / "notes.txt").write_text("mine"); (folder / "results.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"notes\.txt, results\.json.*would delete them"):
+        save_llava(model, proc, folder)
+    assert (folder / "notes.txt").read_text() == "mine"
+    save_llava(model, proc, tmp_path / "ckpt")
+    save_llava(model, proc, tmp_path / "ckpt")                          # its own earlier output: replaced
+    save_llava(model, proc, folder, overwrite=True)                     # told to
+    assert not (folder / "notes.txt").exists() and (folder / "model.safetensors").is_file()
