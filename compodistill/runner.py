@@ -92,19 +92,22 @@ def _matching(cfg:StageConfig, teacher, student) -> LayerMatching:
         return report_matching(json.loads(Path(path).read_text()), name, cfg.vat_k)
     raise ValueError(f"matching must be official, band or report:<path>:<student>, got {cfg.matching!r}")
 
+def _checkpoint(cfg:StageConfig, key:str) -> Path:
+    "The checkpoint folder the stage's `key` (model or teacher) names, checked to exist, with a hint for a stage folder."
+    path = Path(getattr(cfg, key))
+    if (path / "config.json").is_file(): return path
+    hint = (f"{path} is a stage's output folder: use {path / 'model'}" if (path / "model" / "config.json").is_file()
+            else "run the stage that produces it first")
+    raise FileNotFoundError(f"stage {cfg.stage!r}: the {key} checkpoint {path} does not exist — {hint}")
+
 def check_inputs(cfg:StageConfig, # the stage
                 ) -> Resolved:
     "Fail before loading anything if a file the stage needs is missing; return the resolved switches."
-    r, config = cfg.resolved(), Path(cfg.model) / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"stage {cfg.stage!r}: the model checkpoint {cfg.model} does not exist — "
-                                "run the stage that produces it first")
-    has_taf = json.loads(config.read_text()).get("taf", False)
+    r = cfg.resolved()
+    has_taf = json.loads((_checkpoint(cfg, "model") / "config.json").read_text()).get("taf", False)
     if r.kd_weight > 0 or r.vat_weight > 0 or (r.taf and not has_taf):
         if not cfg.teacher: raise ValueError(f"stage {cfg.stage!r} distils or fetches the teacher's adapter: set `teacher`")
-        if not (Path(cfg.teacher) / "config.json").is_file():
-            raise FileNotFoundError(f"stage {cfg.stage!r}: the teacher checkpoint {cfg.teacher} does not exist — "
-                                    "run the stage that produces it first")
+        _checkpoint(cfg, "teacher")
     if not Path(cfg.data).is_file(): raise FileNotFoundError(f"stage {cfg.stage!r}: data file {cfg.data} not found")
     return r
 

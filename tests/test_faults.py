@@ -136,3 +136,10 @@ def test_saving_never_deletes_a_users_files(tok, tmp_path):
     save_llava(model, proc, tmp_path / "ckpt")                          # its own earlier output: replaced
     save_llava(model, proc, folder, overwrite=True)                     # told to
     assert not (folder / "notes.txt").exists() and (folder / "model.safetensors").is_file()
+
+
+def test_a_stage_folder_given_for_a_checkpoint_is_named(toy_world, tmp_path):
+    common = toy_world(tmp_path)
+    _stage(common, tmp_path, tmp_path / "dft")
+    with pytest.raises(FileNotFoundError, match=r"model checkpoint .*dft does not exist — .*dft is a stage's output folder: use .*dft/model"):
+        run_stage(*parse_stage_config(None, stage="sft", model=str(tmp_path / "dft"), output_dir=str(tmp_path / "sft"), **common))
