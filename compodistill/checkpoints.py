@@ -221,9 +221,9 @@ def load_llava(path:str|Path, # a checkpoint directory written by `save_llava` (
               ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     "Load a LLaVA model and its processor from a checkpoint directory."
     path = Path(path)
+    if (path / "model" / "config.json").is_file():  # a stage folder: its own config.json records the run's settings
+        raise FileNotFoundError(f"{path} is a stage's output folder: its checkpoint is {path / 'model'}")
     if not (path / "config.json").is_file():
-        if (path / "model" / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is a stage's output folder: its checkpoint is {path / 'model'}")
         raise FileNotFoundError(f"{path}: not a checkpoint directory (no config.json)")
     safetensors_only(path)
     kind = AutoConfig.from_pretrained(path).model_type

@@ -95,9 +95,9 @@ def _matching(cfg:StageConfig, teacher, student) -> LayerMatching:
 def _checkpoint(cfg:StageConfig, key:str) -> Path:
     "The checkpoint folder the stage's `key` (model or teacher) names, checked to exist, with a hint for a stage folder."
     path = Path(getattr(cfg, key))
-    if (path / "config.json").is_file(): return path
-    hint = (f"{path} is a stage's output folder: use {path / 'model'}" if (path / "model" / "config.json").is_file()
-            else "run the stage that produces it first")
+    stage_folder = (path / "model" / "config.json").is_file()  # (its own config.json records the run's settings)
+    if (path / "config.json").is_file() and not stage_folder: return path
+    hint = f"{path} is a stage's output folder: use {path / 'model'}" if stage_folder else "run the stage that produces it first"
     raise FileNotFoundError(f"stage {cfg.stage!r}: the {key} checkpoint {path} does not exist — {hint}")
 
 def check_inputs(cfg:StageConfig, # the stage
