@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 SYNC_TMP := .sync-check
 
-.PHONY: install reproduce test check-sync nbtest docs readme pytest clean
+.PHONY: install reproduce test check-sync nbtest docs docs-check readme pytest clean
 
 $(STAMP): settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,15 @@ check-sync: install
 nbtest: install
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
-## The documentation site, into docs/: nbdev_docs where Quarto exists, else nbdev's processing + smalldocs.
+## The documentation site, into docs/: nbdev_docs where Quarto exists, else nbdev's processing + smalldocs, with maths
+## rendered by KaTeX and its assets bundled (node and npm needed; npm packages cached in .docs-cache/).
 docs: install
 	if command -v quarto >/dev/null; then $(BIN)/nbdev_docs; \
 	else HF_HUB_OFFLINE=1 $(BIN)/python tools/docs.py build; fi
+
+## The built site in headless Chromium (apt-get install chromium): every page, its console, requests, maths and images.
+docs-check: install
+	$(BIN)/python tools/docs.py check
 
 ## README.md is nbs/index.ipynb rendered to Markdown (`make docs` fails if it is stale); this rewrites it.
 readme: install

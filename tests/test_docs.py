@@ -1,8 +1,13 @@
-"""The documentation site built by `make docs`: one page per notebook, with its figures and API reference."""
+"""The documentation site built by `make docs`: one page per notebook, with its figures and API reference; every link
+and cross-reference lands on a page and an anchor that exist, maths is rendered, and nothing is loaded from elsewhere.
+(tests/test_docs_browser.py loads the same site in Chromium.)"""
+import functools
 import json
 import os
 import re
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -37,3 +42,147 @@ def test_every_notebook_has_a_page_with_its_figures_and_api(nb):
 
 def test_the_notebooks_have_figures():
     assert sum(_figures(nb) for nb in NOTEBOOKS) >= 3
+
+
+# ---------------------------------------------------------------- the site as a reader gets it: links, maths, assets
+
+PAGES = sorted(DOCS.rglob("*.html")) if DOCS.is_dir() else []
+SKIP_TEXT = {"pre", "code", "script", "style", "textarea", "annotation"}
+RAW_MATH = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$")
+
+
+class Page(HTMLParser):
+    "One built page: its ids, its links (tag, URL) and its counts of maths spans and of KaTeX's output."
+
+    def __init__(self, path: Path):
+        super().__init__(convert_charrefs=True)
+        self.ids, self.links, self.math, self.katex = set(), [], 0, 0
+        self.feed(path.read_text())
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a: self.ids.add(a["id"])
+        cls = (a.get("class") or "").split()
+        if tag == "span" and "math" in cls: self.math += 1
+        if tag == "span" and "katex" in cls: self.katex += 1
+        for key in ("href", "src"):
+            if a.get(key) is not None and not (tag == "a" and key == "src"): self.links.append((tag, a[key]))
+
+
+class Tree(HTMLParser):
+    "A page's text outside `pre`, `code`, scripts and KaTeX's output, tracked by element nesting."
+
+    VOID = {"meta", "link", "img", "br", "hr", "input", "col", "source", "wbr", "area", "base", "embed", "track"}
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.out = [], []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID: return
+        cls = (dict(attrs).get("class") or "").split()
+        self.stack.append((tag, tag in SKIP_TEXT or "katex" in cls or "sourceCode" in cls))
+
+    def handle_endtag(self, tag):
+        for i in range(len(self.stack) - 1, -1, -1):  # close up to the matching tag (HTML's implied ends)
+            if self.stack[i][0] == tag:
+                del self.stack[i:]
+                return
+
+    def handle_data(self, data):
+        if not any(skip for _, skip in self.stack): self.out.append(data)
+
+
+@functools.cache
+def parsed(path: Path) -> Page:
+    return Page(path)
+
+
+def _resolve(page: Path, url: str) -> tuple[Path, str] | None:
+    "The file and anchor an internal link goes to; None for an external link or a data/mailto URL."
+    s = urlsplit(url)
+    if s.scheme or url.startswith(("//", "data:", "mailto:", "javascript:")): return None
+    target = (page.parent / unquote(s.path)).resolve() if s.path else page.resolve()
+    if target.is_dir(): target = target / "index.html"
+    return target, unquote(s.fragment)
+
+
+def test_the_site_has_its_pages():
+    assert len(PAGES) >= len(NOTEBOOKS), f"{len(PAGES)} pages in {DOCS} for {len(NOTEBOOKS)} notebooks"
+
+
+def test_every_link_goes_to_a_page_and_an_anchor_that_exist():
+    "Internal links and cross-references: the file exists and, with #anchor, has an element with that id."
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "settings.ini")
+    own_site = cfg["DEFAULT"]["doc_host"].rstrip("/") + "/" + cfg["DEFAULT"]["doc_baseurl"].strip("/")
+    broken, checked = [], 0
+    for page in PAGES:
+        for tag, url in parsed(page).links:
+            if url.startswith(own_site):
+                broken.append(f"{page.name}: link to the project's own site, not rewritten: {url}")
+                continue
+            hit = _resolve(page, url)
+            if hit is None: continue
+            target, anchor = hit
+            checked += 1
+            if not target.is_file():
+                broken.append(f"{page.name}: <{tag}> {url}: no file {target.relative_to(DOCS.resolve())}")
+            elif anchor and target.suffix == ".html" and anchor not in parsed(target).ids:
+                broken.append(f"{page.name}: <{tag}> {url}: {target.name} has no id {anchor!r}")
+    assert checked > 100, f"only {checked} internal links found"
+    assert not broken, f"{len(broken)} of {checked} links broken:\n" + "\n".join(broken[:40])
+
+
+def test_cross_references_go_to_the_notebook_pages_and_not_to_private_names():
+    refs = [(p.name, u) for p in PAGES for t, u in parsed(p).links if t == "a" and re.match(r"[\w./]*\.html#\w", u)]
+    assert len(refs) > 50, f"only {len(refs)} cross-references"
+    stems = {nb.stem for nb in NOTEBOOKS} | {"index"}
+    wrong = [r for r in refs if Path(urlsplit(r[1]).path).stem not in stems]
+    private = [r for r in refs if any(part.startswith("_") for part in urlsplit(r[1]).fragment.split("."))]
+    assert not wrong, f"cross-references to pages this build does not write: {wrong[:10]}"
+    assert not private, f"private names linked: {private[:10]}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)
+def test_maths_is_rendered_when_the_site_is_built(page):
+    "Every maths span holds KaTeX's output (no script needed), and no `\\(`, `\\[` or `$$` is left in the text."
+    text = page.read_text()
+    p = parsed(page)
+    assert "katex-error" not in text, f"{page.name}: KaTeX could not render some maths (see the build's warnings)"
+    assert p.katex >= p.math, f"{page.name}: {p.math - p.katex} maths spans not rendered"
+    raw = [s.strip()[:80] for s in Tree(text).out if RAW_MATH.search(s)]
+    assert not raw, f"{page.name}: unrendered maths: {raw[:5]}"
+
+
+def test_the_notebooks_maths_is_on_the_site():
+    assert sum(parsed(p).katex for p in PAGES) >= 50
+
+
+def test_the_site_loads_nothing_from_elsewhere():
+    "No CDN script or stylesheet, no web font from Google: assets are files of the site."
+    outside = [f"{p.name}: <{t}> {u}" for p in PAGES for t, u in parsed(p).links if t in ("link", "script", "img") and urlsplit(u).scheme in ("http", "https")]
+    for css in DOCS.rglob("*.css"):
+        outside += [f"{css.relative_to(DOCS)}: {u}" for u in re.findall(r"(?:@import\s+|url\()\s*['\"]?(https?://[^'\")\s]+)", css.read_text())]
+        for u in re.findall(r"url\(\s*['\"]?([^'\")\s]+)", css.read_text()):
+            if not u.startswith(("data:", "http", "#")) and not (css.parent / unquote(u.split("#")[0].split("?")[0])).is_file():
+                outside.append(f"{css.relative_to(DOCS)}: missing {u}")
+    assert not outside, "\n".join(outside[:20])
+
+
+def test_every_page_has_the_favicon():
+    for page in PAGES:
+        icons = [u for t, u in parsed(page).links if t == "link" and "favicon" in u]
+        assert icons and _resolve(page, icons[0])[0].is_file(), f"{page.name}: no favicon"
+
+
+def test_the_sidebar_is_in_reading_order_in_sections():
+    html = (DOCS / "index.html").read_text()
+    nav = html[html.index('id="quarto-sidebar"'):]
+    nav = nav[:nav.index("</nav>")]
+    sections = re.findall(r'sidebar-item-section.*?<span class="menu-text">([^<]*)</span>', nav, re.S)
+    assert len(sections) >= 4, f"sidebar sections: {sections}"
+    pages = re.findall(r'<a href="([\w.]+)\.html" class="sidebar-item-text', nav)
+    assert pages[0] == "index" and pages[1:] == sorted(nb.stem for nb in NOTEBOOKS if nb.stem != "index"), pages
