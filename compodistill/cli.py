@@ -6,30 +6,82 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
 import torch
+import yaml
+from fastcore.docments import docments
 from fastcore.imports import IN_NOTEBOOK
 from PIL import Image, ImageDraw
 
-from .misalignment import analyze_command
-from .cost import bench_command
-from .reproduce import reproduce_command
-from .evaluate import eval_command
 from .checkpoints import (assemble_llava, load_llava, make_processor, save_llava, save_random_parts,
                                       word_tokenizer)
+from .cost import cost_report, run_cost_benchmark
+from .evaluate import evaluate_checkpoint
+from .misalignment import analyze_checkpoints
 from .models import TAFProjector, build_pair, check_compatible, count_parameters, get_preset, parameter_table
-from .taf import fold_taf
-from .pipeline import pipeline_command
+from .pipeline import Pipeline, launch_commands, pipeline_path, run_pipeline
+from .reproduce import reproduce, results_table
 from .runner import parse_stage_config, run_stage
+from .taf import fold_taf
 
 # %% auto #0
-__all__ = ['SMOKE_WORDS', 'COMMANDS', 'smoke_image', 'models_smoke', 'models_command', 'export_command', 'answer', 'chat_command',
-           'train_command', 'main']
+__all__ = ['SMOKE_WORDS', 'COMMANDS', 'USER_ERRORS', 'forwards', 'command_parser', 'call_command', 'smoke_image', 'models_smoke',
+           'models_command', 'train_command', 'pipeline_command', 'analyze_command', 'eval_command', 'export_command',
+           'answer', 'chat_command', 'reproduce_command', 'bench_command', 'main']
+
+# %% ../nbs/14_cli.ipynb #353724c7
+def forwards(to, # the function that takes the command's `**options`
+             but:tuple=(), # its parameters that the command fills in itself
+            ):
+    "Decorator: a command's `**options` are `to`'s parameters, and so are its options (see `command_parser`)."
+    def mark(command):
+        command.forwards = (to, but)
+        return command
+    return mark
+
+def command_parser(command, # a function: its parameters are the options, their docments the help
+                   prog:str, # the name in usage lines, e.g. "compodistill eval"
+                  ) -> argparse.ArgumentParser:
+    "An argparse parser from a command's signature: `x_y` is `--x-y`, required without a default; `*words` positional."
+    ap = argparse.ArgumentParser(prog=prog, description=command.__doc__, argument_default=argparse.SUPPRESS)
+    to, but = getattr(command, "forwards", (None, ()))
+    seen = set(but)
+    for f in (command, to) if to else (command,):
+        docs = docments(f, args_kwargs=True)
+        for p in inspect.signature(f, eval_str=True).parameters.values():
+            if p.kind is p.VAR_KEYWORD or p.name in seen: continue
+            seen.add(p.name)
+            kind, kw = p.annotation, dict(help=(docs[p.name] or "").replace("%", "%%"))
+            if get_origin(kind) in (Union, UnionType): kind = next(a for a in get_args(kind) if a is not type(None))
+            if get_origin(kind) is Literal: kind, kw["choices"] = str, get_args(kind)
+            if get_origin(kind) is list: kind, kw["nargs"], kw["action"] = get_args(kind)[0], "+", "extend"
+            if kind is bool: kw["action"] = "store_true"
+            elif kind is not p.empty: kw["type"] = kind
+            if p.kind is p.VAR_POSITIONAL:
+                ap.add_argument(p.name, nargs="*", **kw)
+                continue
+            if p.default is p.empty: kw["required"] = True
+            elif p.default is not None and kind is not bool: kw["help"] += f" (default: {p.default})"
+            ap.add_argument("--" + p.name.replace("_", "-"), **kw)
+    return ap
+
+def call_command(command, # a function (see `command_parser`)
+                 argv:list[str], # the words after the command's name
+                 prog:str, # the name in usage lines
+                ):
+    "Call a command with the options and the positional words of `argv`."
+    options = vars(command_parser(command, prog).parse_args(argv))
+    words = next((p.name for p in inspect.signature(command).parameters.values() if p.kind is p.VAR_POSITIONAL), None)
+    return command(*options.pop(words, ()), **options)
 
 # %% ../nbs/14_cli.ipynb #32bfa9c7
 SMOKE_WORDS = "what colour shape is the red green blue circle square left right of above below ?".split()
@@ -72,15 +124,11 @@ def models_smoke(preset:str="small", # preset to build (tiny, small or a depth-f
     return report
 
 # %% ../nbs/14_cli.ipynb #e3f9cf7c
-def models_command(argv:list[str]|None=None, # command-line arguments after `models`
-                  ):
-    "`compodistill models`: parameter table of every preset, then the smoke test of one preset."
-    ap = argparse.ArgumentParser(prog="compodistill models", description=models_command.__doc__)
-    ap.add_argument("--preset", default="small", help="preset to build and check (tiny or small)")
-    ap.add_argument("--out", default=None, help="directory for the two checkpoints (default: a temporary one)")
-    args = ap.parse_args(argv)
+@forwards(models_smoke)
+def models_command(**options):
+    "The parameter table of every preset, then the smoke test of one preset."
     print(parameter_table(), end="\n\n")
-    r = models_smoke(args.preset, args.out)
+    r = models_smoke(**options)
     print(f"preset {r['preset']}: built and checked in {r['build_s']} s, prompt of {r['tokens']} tokens")
     for role in ("teacher", "student", "assembled"):
         m = r[role]
@@ -89,19 +137,63 @@ def models_command(argv:list[str]|None=None, # command-line arguments after `mod
     if max(r[k]["reload_max_abs_diff"] for k in ("teacher", "student", "assembled")) > 1e-5:
         sys.exit("reloaded checkpoints do not reproduce the logits")
 
+# %% ../nbs/14_cli.ipynb #3f4048a1
+def train_command(*overrides:str, # key=value: any field of StageConfig or TrainingArguments, applied after the file
+                  config:str|None=None, # YAML file of stage and training settings
+                 ):
+    "Run one training stage (launchable with `accelerate launch -m compodistill.cli train ...`)."
+    out = run_stage(*parse_stage_config(config, overrides))
+    if int(os.environ.get("RANK", "0")) == 0: print(f"wrote {out}")
+
+# %% ../nbs/14_cli.ipynb #20741bad
+@forwards(pipeline_path)
+def pipeline_command(*settings:str, # root=DIR, data_root=DIR or seed=N
+                     only:list[str]|None=None, # run only these stages
+                     dry_run:bool=False, # list what would run
+                     print_commands:bool=False, # print one training command per stage to run
+                     **source, # --scale or --config
+                    ):
+    "Run (or list) the stages of a pipeline that are not complete, in order."
+    stages = [s for s in only or () if "=" not in s] or None  # `--only a b root=DIR`: root=DIR is a setting
+    settings = [*settings, *(s for s in only or () if "=" in s)]
+    bad = [s for s in settings if s.partition("=")[0] not in ("root", "data_root", "seed")]
+    if bad: raise ValueError(f"only root=..., data_root=... and seed=... may be set here, got {bad}")
+    pipe = Pipeline.from_yaml(pipeline_path(**source), **dict(s.split("=", 1) for s in settings))
+    if print_commands:
+        for line in launch_commands(pipe, stages): print(line)
+        return
+    for name, state in run_pipeline(pipe, stages, dry_run): print(f"{name:>20}: {state}")
+
+# %% ../nbs/14_cli.ipynb #a76dbbf2
+@forwards(analyze_checkpoints, but=("students",))
+def analyze_command(student:list[str], # a student as NAME=DIR (repeatable)
+                    **options):
+    "Teacher–student visual attention analysis of checkpoints, written as figures and report.json."
+    bad = [s for s in student if "=" not in s]
+    if bad: raise ValueError(f"--student takes NAME=DIR, got {bad[0]!r}")
+    report = analyze_checkpoints(students=dict(s.split("=", 1) for s in student), **options)
+    for name, s in report["students"].items():
+        print(f"{name}: band similarity " + ", ".join(f"{m} {v:.3f}" for m, v in s["band_similarity"].items()))
+    print(f"wrote {options['out']}/report.json and figures")
+
+# %% ../nbs/14_cli.ipynb #22e7017c
+@forwards(evaluate_checkpoint)
+def eval_command(**options):
+    "Score a checkpoint on a benchmark: the scores as one JSON line, with the per-category ones in --out."
+    result = evaluate_checkpoint(**options)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_category"}))
+
 # %% ../nbs/14_cli.ipynb #86afab0b
-def export_command(argv:list[str]|None=None, # command-line arguments after `export`
+def export_command(model:str, # checkpoint directory of the trained student
+                   out:str, # directory of the exported checkpoint
+                   overwrite:bool=False, # replace `out` even if it holds files that are not a checkpoint's
                   ):
-    "`compodistill export`: fold a TAF student's projector and write the release checkpoint."
-    ap = argparse.ArgumentParser(prog="compodistill export", description=export_command.__doc__)
-    ap.add_argument("--model", required=True, help="checkpoint directory of the trained student")
-    ap.add_argument("--out", required=True, help="directory of the exported checkpoint")
-    args = ap.parse_args(argv)
-    model, processor = load_llava(args.model)
-    if isinstance(model.model.multi_modal_projector, TAFProjector): fold_taf(model)
-    kind = "plain LLaVA" if getattr(model.config, "projector_intermediate_size", None) is None else \
-        f"LLaVA with a {model.config.projector_intermediate_size}-wide projector (load with compodistill's load_llava)"
-    print(f"exported {save_llava(model, processor, args.out)}: {kind}")
+    "Fold a TAF student's projector and write the release checkpoint."
+    llava, processor = load_llava(model)
+    if isinstance(llava.model.multi_modal_projector, TAFProjector): fold_taf(llava)
+    kind = "plain LLaVA" if getattr(llava.config, "projector_intermediate_size", None) is None else \
+        f"LLaVA with a {llava.config.projector_intermediate_size}-wide projector (load with compodistill's load_llava)"
+    print(f"exported {save_llava(llava, processor, out, overwrite)}: {kind}")
 
 # %% ../nbs/14_cli.ipynb #83cb3c73
 @torch.no_grad()
@@ -119,47 +211,65 @@ def answer(model, # a LLaVA model
                          pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=processor.tokenizer.eos_token_id)
     return processor.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
-def chat_command(argv:list[str]|None=None, # command-line arguments after `chat`
+def chat_command(model:str, # checkpoint directory
+                 image:str, # image file
+                 question:str|None=None, # one question (default: read questions from standard input)
+                 max_new_tokens:int=32, # answer length limit
                 ):
-    "`compodistill chat`: answer questions about an image with a checkpoint."
-    ap = argparse.ArgumentParser(prog="compodistill chat", description=chat_command.__doc__)
-    ap.add_argument("--model", required=True, help="checkpoint directory")
-    ap.add_argument("--image", required=True, help="image file")
-    ap.add_argument("--question", default=None, help="one question (default: read questions from standard input)")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    args = ap.parse_args(argv)
-    if not Path(args.image).is_file(): sys.exit(f"{args.image}: no such image file")
-    model, processor = load_llava(args.model)
-    image = Image.open(args.image).convert("RGB")
-    for q in [args.question] if args.question else (l.strip() for l in sys.stdin if l.strip()):
-        print(answer(model, processor, image, q, args.max_new_tokens), flush=True)
+    "Answer questions about an image with a checkpoint."
+    if not Path(image).is_file(): raise FileNotFoundError(f"{image}: no such image file")
+    llava, processor = load_llava(model)
+    picture = Image.open(image).convert("RGB")
+    for q in [question] if question else (l.strip() for l in sys.stdin if l.strip()):
+        print(answer(llava, processor, picture, q, max_new_tokens), flush=True)
 
-# %% ../nbs/14_cli.ipynb #3f4048a1
-def train_command(argv:list[str]|None=None, # command-line arguments after `train`
-                 ):
-    "`compodistill train --config FILE [key=value ...]`: run one stage (launchable with `accelerate launch`)."
-    ap = argparse.ArgumentParser(prog="compodistill train", description=train_command.__doc__,
-                                 epilog="keys: any field of StageConfig or transformers.TrainingArguments")
-    ap.add_argument("--config", default=None, help="YAML file of stage and training settings")
-    ap.add_argument("overrides", nargs="*", metavar="key=value")
-    args = ap.parse_args(argv)
-    out = run_stage(*parse_stage_config(args.config, args.overrides))
-    if int(os.environ.get("RANK", "0")) == 0: print(f"wrote {out}")
+# %% ../nbs/14_cli.ipynb #9af18d75
+@forwards(pipeline_path)
+def reproduce_command(seeds:list[int]=(0, 1, 2), # seeds to run
+                      limit:int|None=None, # records per evaluation set (default: all)
+                      out:str|None=None, # results JSON (default: next to the seeds' runs)
+                      **source, # --scale or --config
+                     ):
+    "Run a pipeline over seeds, score every model, print the results tables."
+    config, t0 = pipeline_path(**source), time.time()
+    result = reproduce(config, seeds, out=out, limit=limit)
+    types = list(result["runs"][0]["scores"]["teacher"]["CR"]["per_category"])
+    print(f"\n{config}, seeds {list(seeds)}, {time.time() - t0:.0f} s\n\n{results_table(result)}\n\n"
+          + results_table(result, [f"CR likelihood {t}" for t in types] + ["winoground likelihood text",
+                                                                           "winoground likelihood image"], attention=False))
+
+# %% ../nbs/14_cli.ipynb #cc57a229
+@forwards(run_cost_benchmark)
+def bench_command(**options):
+    "A distillation step's time and memory with kd, vat and eager attention; the analysis throughput."
+    print(cost_report(run_cost_benchmark(**options)))
+    if options.get("out"): print(f"\nwritten to {options['out']}")
 
 # %% ../nbs/14_cli.ipynb #15774184
 COMMANDS = {"models": models_command, "train": train_command, "pipeline": pipeline_command,
             "analyze": analyze_command, "eval": eval_command, "export": export_command, "chat": chat_command,
             "bench": bench_command, "reproduce": reproduce_command}
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError, yaml.YAMLError)  # FloatingPointError: a loss became NaN, a run diverged
 
 def main(argv:list[str]|None=None, # arguments (default: `sys.argv[1:]`)
         ):
-    "Entry point of the `compodistill` console script: dispatch to a subcommand."
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: compodistill {" + ",".join(COMMANDS) + "} [options]   (compodistill COMMAND --help)")
-        if argv and argv[0] not in ("-h", "--help"): sys.exit(f"unknown command {argv[0]!r}")
+    "Entry point of the `compodistill` console script: run a command; a user error is one line on stderr, exit code 2."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug, argv = "--debug" in argv, [a for a in argv if a != "--debug"]
+    usage = "usage: compodistill [--debug] {" + ",".join(COMMANDS) + "} [options]   (compodistill COMMAND --help)"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage, *(f"  {name:<10} {c.__doc__}" for name, c in COMMANDS.items()), sep="\n")
         return
-    COMMANDS[argv[0]](argv[1:])
+    name, prog = argv[0], f"compodistill {argv[0]}"
+    if name not in COMMANDS:
+        print(usage, f"compodistill: error: unknown command {name!r}", sep="\n", file=sys.stderr)
+        sys.exit(2)
+    try: call_command(COMMANDS[name], argv[1:], prog)
+    except USER_ERRORS as e:
+        if debug: raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() is quoted
+        print(f"{prog}: error: " + " ".join(str(message).splitlines()), file=sys.stderr)
+        sys.exit(2)
 
 # %% ../nbs/14_cli.ipynb #839fd203
 #| eval: false

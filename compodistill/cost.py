@@ -5,7 +5,6 @@
 # %% ../nbs/13_cost.ipynb #a81beb32
 from __future__ import annotations
 
-import argparse
 import json
 import operator
 import os
@@ -31,7 +30,7 @@ from .vat import OFFICIAL_WINDOWS, LayerMatching, band_matching, group_teacher_m
 # %% auto #0
 __all__ = ['MODES', 'PEAK_BF16_TFLOPS', 'CPU_MEMORY_ENV', 'TARGETS', 'bench_preset', 'bench_matching', 'bench_steps',
            'bench_step', 'peak_tflops', 'flops_per_token', 'step_flops', 'run_bench', 'bench_ratios', 'format_table',
-           'analysis_throughput', 'machine_info', 'bench_command']
+           'analysis_throughput', 'machine_info', 'run_cost_benchmark', 'cost_report']
 
 # %% ../nbs/13_cost.ipynb #5decd350
 def bench_preset(name:str|None=None, # a preset, or NAME-depth for its depth-faithful copy; None: the device's default
@@ -262,33 +261,32 @@ def machine_info(device:str="cpu", # the benchmark's device
                 device_name=torch.cuda.get_device_name(device) if cuda else cpu)
 
 # %% ../nbs/13_cost.ipynb #3f37a74c
-def bench_command(argv:list[str]|None=None, # command-line arguments after `bench`
-                 ):
-    "`compodistill bench`: a distillation step's time and memory with kd, vat and eager attention; analysis throughput."
-    ap = argparse.ArgumentParser(prog="compodistill bench", description=bench_command.__doc__)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    ap.add_argument("--preset", default=None, help="pair to measure; NAME-depth for a depth-faithful copy "
-                    "(default: full-depth on CPU, full on GPU)")
-    ap.add_argument("--head-dim", type=int, default=4, help="width per attention head of a depth-faithful pair")
-    ap.add_argument("--batch-size", type=int, default=None, help="samples per step (default: 2 on CPU, 4 on GPU)")
-    ap.add_argument("--text-tokens", type=int, default=64, help="text tokens after the image placeholders")
-    ap.add_argument("--repeats", type=int, default=5, help="timed steps per mode, after one warm-up step")
-    ap.add_argument("--analysis-images", type=int, default=32, help="images for the analysis throughput (0: skip)")
-    ap.add_argument("--out", default=None, help="JSON file to write the results to")
-    a = ap.parse_args(argv)
-    batch_size = a.batch_size or (2 if torch.device(a.device).type == "cpu" else 4)
-    machine, start = machine_info(a.device), time.perf_counter()  # before the run: the load average is other work's
-    rows = run_bench(preset=a.preset, device=a.device, batch_size=batch_size, text_tokens=a.text_tokens, repeats=a.repeats,
-                     head_dim=a.head_dim)
+def run_cost_benchmark(device:str="cuda" if torch.cuda.is_available() else "cpu", # cpu or cuda
+                       preset:str|None=None, # pair to measure; NAME-depth for a depth-faithful copy (default: full-depth on CPU, full on GPU)
+                       head_dim:int=4, # width per attention head of a depth-faithful pair
+                       batch_size:int|None=None, # samples per step (default: 2 on CPU, 4 on GPU)
+                       text_tokens:int=64, # text tokens after the image placeholders
+                       repeats:int=5, # timed steps per mode, after one warm-up step
+                       analysis_images:int=32, # images for the analysis throughput (0: skip)
+                       out:str|None=None, # JSON file to write the results to
+                      ) -> dict:
+    "Each mode's step time and memory on one pair, their ratios, the analysis throughput and the machine."
+    batch_size = batch_size or (2 if torch.device(device).type == "cpu" else 4)
+    machine, start = machine_info(device), time.perf_counter()  # before the run: the load average is other work's
+    rows = run_bench(preset=preset, device=device, batch_size=batch_size, text_tokens=text_tokens, repeats=repeats,
+                     head_dim=head_dim)
     result = dict(machine=machine, rows=rows, ratios=bench_ratios(rows))
-    print(f"{rows[0]['preset']} pair on {result['machine']['device_name']}, batch {batch_size} × {rows[0]['seq_len']} tokens, "
-          f"{rows[0]['dtype']}, LLM widths {rows[0]['hidden']}, matching {rows[0]['matching']}\n\n{format_table(rows)}")
-    if a.analysis_images:
-        result["analysis"] = analysis_throughput(device=a.device, n_images=a.analysis_images)
-        print(f"\nanalysis throughput ({result['analysis']['preset']} pair): {result['analysis']['images_per_s']:.3g} images/s")
+    if analysis_images: result["analysis"] = analysis_throughput(device=device, n_images=analysis_images)
     result["wall_s"] = round(time.perf_counter() - start, 1)
-    print(f"\nthe benchmark took {result['wall_s']} s")
-    if a.out:
-        with open(a.out, "w") as f: json.dump(result, f, indent=1)
-        print(f"\nwritten to {a.out}")
+    if out:
+        with open(out, "w") as f: json.dump(result, f, indent=1)
     return result
+
+def cost_report(result:dict, # `run_cost_benchmark`'s result
+               ) -> str:
+    "The pair and the batch, the tables, the analysis throughput and the wall time of a benchmark run."
+    r, analysis = result["rows"][0], result.get("analysis")
+    return (f"{r['preset']} pair on {result['machine']['device_name']}, batch {r['batch_size']} × {r['seq_len']} tokens, "
+            f"{r['dtype']}, LLM widths {r['hidden']}, matching {r['matching']}\n\n{format_table(result['rows'])}"
+            + (f"\n\nanalysis throughput ({analysis['preset']} pair): {analysis['images_per_s']:.3g} images/s" if analysis else "")
+            + f"\n\nthe benchmark took {result['wall_s']} s")

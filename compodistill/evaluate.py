@@ -16,13 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .benchmarks import load_benchmark
-from .checkpoints import CHOICE_PROMPT, IMAGE_TOKEN, MATCH_PROMPT
+from .checkpoints import CHOICE_PROMPT, IMAGE_TOKEN, MATCH_PROMPT, load_llava
 from .data import DataCollator, chat_batch, image_token_count, open_image, read_json_records, tokenize_record
 
 # %% auto #0
 __all__ = ['SCORERS', 'LIKELIHOOD_SCORERS', 'PROTOCOLS', 'parse_choice', 'normalize_answer', 'vqa_score', 'LlavaAnswerer',
            'score_caption_matching', 'score_winoground', 'score_vqa', 'score_caption_likelihood',
-           'score_winoground_likelihood', 'record_kind', 'load_records', 'evaluate', 'eval_command']
+           'score_winoground_likelihood', 'record_kind', 'load_records', 'evaluate', 'evaluate_checkpoint']
 
 # %% ../nbs/10_evaluate.ipynb #f82f37fe
 def parse_choice(reply:str, # the model's reply
@@ -255,28 +255,21 @@ def evaluate(model, # an object with the calls the protocol uses, e.g. `LlavaAns
         raise ValueError(f"{kind} records have no {protocol} protocol: their answers are generated (protocol='choice')")
     return dict(kind=kind, protocol=protocol, **PROTOCOLS[protocol][kind](model, records, batch_size, progress))
 
-def eval_command(argv:list[str]|None=None, # command-line arguments after `eval`
-                ):
-    "`compodistill eval`: score a checkpoint on a benchmark and write the result as JSON."
-    import argparse
-    from compodistill.checkpoints import load_llava
-    ap = argparse.ArgumentParser(prog="compodistill eval", description=eval_command.__doc__)
-    ap.add_argument("--model", required=True, help="checkpoint directory")
-    ap.add_argument("--benchmark", required=True, help="a benchmark name (01a_benchmarks) or world:<file>")
-    ap.add_argument("--root", default=None, help="local folder of a named benchmark")
-    ap.add_argument("--out", default=None, help="JSON file for the result")
-    ap.add_argument("--protocol", choices=list(PROTOCOLS), default="choice",
-                    help="choice: multiple choice (the paper's); likelihood: caption likelihood (not for VQA)")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--limit", type=int, default=None, help="evaluate the first N records")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args(argv)
-    records = load_records(args.benchmark, args.root)[:args.limit]
-    model, processor = load_llava(args.model)
-    result = dict(model=args.model, benchmark=args.benchmark,
-                  **evaluate(LlavaAnswerer(model.to(args.device), processor), records, args.batch_size,
-                           protocol=args.protocol))
-    print(json.dumps({k: v for k, v in result.items() if k != "per_category"}))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
+def evaluate_checkpoint(model:str|Path, # checkpoint directory
+                        benchmark:str, # a benchmark name (01a_benchmarks) or world:<file>
+                        root:str|None=None, # local folder of a named benchmark
+                        out:str|Path|None=None, # JSON file for the result
+                        protocol:str="choice", # choice: multiple choice (the paper's); likelihood: caption likelihood (not for VQA)
+                        batch_size:int=16, # questions per batch
+                        limit:int|None=None, # evaluate the first `limit` records
+                        device:str="cuda" if torch.cuda.is_available() else "cpu", # where the model runs
+                       ) -> dict:
+    "Score a checkpoint on a benchmark; the result, also written as JSON to `out` if given."
+    records = load_records(benchmark, root)[:limit]
+    llava, processor = load_llava(model)
+    result = dict(model=str(model), benchmark=benchmark,
+                  **evaluate(LlavaAnswerer(llava.to(device), processor), records, batch_size, protocol=protocol))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1))
+    return result

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,11 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import capture_visual_attention, middle_band, relative_depth
+from .checkpoints import load_llava
 from .data import chat_batch, open_image, read_json_records
+from .models import check_compatible
 
 # %% auto #0
 __all__ = ['MEASURES', 'attention_profiles', 'layer_similarity', 'depth_matched', 'analyze_attention', 'plot_depth_curves',
-           'plot_similarity_matrix', 'plot_attention_maps', 'read_records', 'analyze_command']
+           'plot_similarity_matrix', 'plot_attention_maps', 'read_records', 'analyze_checkpoints']
 
 # %% ../nbs/04_misalignment.ipynb #412da17f
 def _text_queries(input_ids:torch.Tensor, attention_mask:torch.Tensor, key_positions:torch.Tensor) -> torch.Tensor:
@@ -190,42 +193,31 @@ def read_records(path:str|Path, # JSON array or JSONL file of records with "imag
     return out
 
 # %% ../nbs/04_misalignment.ipynb #2f603469
-def analyze_command(argv:list[str]|None=None, # command-line arguments after `analyze`
-                   ):
-    "`compodistill analyze`: teacher–student visual attention analysis, written as figures and report.json."
-    import argparse
-    from compodistill.checkpoints import load_llava
-    from compodistill.models import check_compatible
-    ap = argparse.ArgumentParser(prog="compodistill analyze", description=analyze_command.__doc__)
-    ap.add_argument("--teacher", required=True, help="teacher checkpoint directory")
-    ap.add_argument("--student", action="append", required=True, metavar="NAME=DIR", help="a student (repeatable)")
-    ap.add_argument("--data", required=True, help="JSON/JSONL records with image and question")
-    ap.add_argument("--image-folder", default=None, help="folder image paths are relative to")
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--queries", default="text", choices=["text", "visual"])
-    ap.add_argument("--max-samples", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args(argv)
-    bad = [s for s in args.student if "=" not in s]
-    if bad: ap.error(f"--student takes NAME=DIR, got {bad[0]!r}")
-    records = read_records(args.data, args.image_folder, args.max_samples)
-    teacher, processor = load_llava(args.teacher)
-    students = {}
-    for spec in args.student:
-        name, path = spec.split("=", 1)
-        students[name], sproc = load_llava(path)
-        check_compatible(teacher, students[name], processor, sproc)
-    for m in (teacher, *students.values()): m.to(args.device)
-    report = analyze_attention(teacher, students, processor, records, args.queries, args.batch_size)
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+def analyze_checkpoints(teacher:str|Path, # teacher checkpoint directory
+                        students:dict, # name -> student checkpoint directory
+                        data:str|Path, # JSON/JSONL records with image and question
+                        out:str|Path, # output directory
+                        image_folder:str|Path|None=None, # folder image paths are relative to (default: the data file's)
+                        queries:Literal["text", "visual"]="text", # query rows to pool over
+                        max_samples:int|None=None, # analyse the first `max_samples` records
+                        batch_size:int=8, # samples per forward pass
+                        device:str="cuda" if torch.cuda.is_available() else "cpu", # where the models run
+                       ) -> dict:
+    "`analyze_attention` of checkpoints on a data file, written to `out` as report.json and figures; the report."
+    records = read_records(data, image_folder, max_samples)
+    t_model, processor = load_llava(teacher)
+    s_models = {}
+    for name, path in students.items():
+        s_models[name], s_processor = load_llava(path)
+        check_compatible(t_model, s_models[name], processor, s_processor)
+    for m in (t_model, *s_models.values()): m.to(device)
+    report = analyze_attention(t_model, s_models, processor, records, queries, batch_size)
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     plot_depth_curves(report).figure.savefig(out / "depth_curves.png", dpi=120, bbox_inches="tight")
-    for name in students:
+    for name in s_models:
         plot_similarity_matrix(report, name).figure.savefig(out / f"matrix_{name}.png", dpi=120, bbox_inches="tight")
-    plot_attention_maps(teacher, students, processor, records[0], queries=args.queries).savefig(
+    plot_attention_maps(t_model, s_models, processor, records[0], queries=queries).savefig(
         out / "attention_maps.png", dpi=120, bbox_inches="tight")
     plt.close("all")
-    for name, s in report["students"].items():
-        print(f"{name}: band similarity " + ", ".join(f"{m} {v:.3f}" for m, v in s["band_similarity"].items()))
-    print(f"wrote {out}/report.json and figures")
+    return report

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
-from transformers import TrainingArguments
 
 from .checkpoints import assemble_llava, load_llava, make_processor, save_llava, word_tokenizer
 from .corpus import write_world
@@ -19,7 +18,7 @@ from .runner import STAGE_DONE, StageConfig, parse_stage_config, run_stage, type
 
 # %% auto #0
 __all__ = ['Pipeline', 'stage_dir', 'init_dir', 'resolve', 'stage_values', 'stage_order', 'build_init', 'prepare_world',
-           'copy_vision', 'check_stage', 'run_pipeline', 'add_pipeline_source', 'pipeline_path', 'pipeline_command']
+           'copy_vision', 'check_stage', 'run_pipeline', 'pipeline_path', 'launch_commands']
 
 # %% ../nbs/08e_pipeline.ipynb #1fbe0799
 @dataclass
@@ -161,17 +160,15 @@ def copy_vision(source:str|Path, # checkpoint whose vision tower to take
 def check_stage(pipe:Pipeline, # the pipeline
                 name:str, # a stage name
                ):
-    "Raise a ValueError naming the stage if its keys are unknown or its stage settings invalid."
-    values = stage_values(pipe, name)
+    "Raise a ValueError naming the stage if its keys are unknown, its values unreadable or its stage settings invalid."
+    values, where = stage_values(pipe, name), f"stage {name!r}"
     if "copy_vision_from" in values:
         extra = set(values) - {"copy_vision_from", "model", "output_dir"}
-        if extra: raise ValueError(f"stage {name!r}: copy_vision_from takes only model, got {sorted(extra)}")
+        if extra: raise ValueError(f"{where}: copy_vision_from takes only model, got {sorted(extra)}")
         return
-    own = {f.name for f in fields(StageConfig)}
-    unknown = set(values) - own - {f.name for f in fields(TrainingArguments)}
-    if unknown: raise ValueError(f"stage {name!r}: unknown keys {sorted(unknown)}")
-    try: StageConfig(**typed_values({k: v for k, v in values.items() if k in own}))
-    except (TypeError, ValueError) as e: raise ValueError(f"stage {name!r}: {e}") from None
+    typed, own = typed_values(values, where), {f.name for f in fields(StageConfig)}
+    try: StageConfig(**{k: v for k, v in typed.items() if k in own})
+    except ValueError as e: raise ValueError(f"{where}: {e}") from None
 
 # %% ../nbs/08e_pipeline.ipynb #17b5e8f0
 def run_pipeline(pipe:Pipeline, # the pipeline
@@ -196,40 +193,17 @@ def run_pipeline(pipe:Pipeline, # the pipeline
     return status
 
 # %% ../nbs/08e_pipeline.ipynb #3c6585d3
-def add_pipeline_source(ap, # an `argparse.ArgumentParser`
-                       ):
-    "Add the options that name a pipeline file: `--scale NAME` (a shipped one) or `--config FILE`."
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--scale", help="a shipped pipeline: configs/<scale>/pipeline.yaml (tiny, small, full)")
-    src.add_argument("--config", help="a pipeline file")
-
-def pipeline_path(args, # parsed arguments of a parser with `add_pipeline_source`
+def pipeline_path(scale:str|None=None, # a shipped pipeline: configs/<scale>/pipeline.yaml (tiny, small, full)
+                  config:str|None=None, # a pipeline file
                  ) -> Path:
-    "The pipeline file the arguments name."
-    return Path(args.config or Path("configs") / args.scale / "pipeline.yaml")
+    "The pipeline file named by a shipped scale or by its path (exactly one of the two)."
+    if (scale is None) == (config is None): raise ValueError("name one pipeline: --scale NAME or --config FILE")
+    return Path(config) if config else Path("configs") / scale / "pipeline.yaml"
 
-def pipeline_command(argv:list[str]|None=None, # command-line arguments after `pipeline`
-                    ):
-    "`compodistill pipeline`: run (or list) the stages of a pipeline that are not complete, in order."
-    import argparse
-    ap = argparse.ArgumentParser(prog="compodistill pipeline", description=pipeline_command.__doc__)
-    add_pipeline_source(ap)
-    ap.add_argument("--only", nargs="+", default=None, help="run only these stages")
-    ap.add_argument("--dry-run", action="store_true", help="list what would run")
-    ap.add_argument("--print-commands", action="store_true", help="print one training command per stage to run")
-    ap.add_argument("settings", nargs="*", metavar="root=DIR|data_root=DIR|seed=N")
-    args = ap.parse_args(argv)
-    if args.only:  # `--only a b root=DIR`: the settings after the stage names are settings, not stages
-        args.settings += [s for s in args.only if "=" in s]
-        args.only = [s for s in args.only if "=" not in s]
-    path = pipeline_path(args)
-    bad = [s for s in args.settings if s.partition("=")[0] not in ("root", "data_root", "seed")]
-    if bad: ap.error(f"only root=..., data_root=... and seed=... may be set here, got {bad}")
-    pipe = Pipeline.from_yaml(path, **dict(s.split("=", 1) for s in args.settings))
-    if args.print_commands:
-        for name, state in run_pipeline(pipe, args.only, dry_run=True):
-            if state == "would run":
-                keys = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in stage_values(pipe, name).items())
-                print(f"accelerate launch -m compodistill.cli train {keys}")
-        return
-    for name, state in run_pipeline(pipe, args.only, args.dry_run): print(f"{name:>20}: {state}")
+def launch_commands(pipe:Pipeline, # the pipeline
+                    only=None, # stage names (default: all)
+                   ) -> list[str]:
+    "One `accelerate launch ... train key=value ...` line per stage that would run, in order."
+    value = lambda v: v if isinstance(v, str) else json.dumps(v)
+    return ["accelerate launch -m compodistill.cli train " + " ".join(f"{k}={value(v)}" for k, v in stage_values(pipe, name).items())
+            for name, state in run_pipeline(pipe, only, dry_run=True) if state == "would run"]

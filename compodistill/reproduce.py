@@ -11,13 +11,14 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
-from .pipeline import Pipeline, add_pipeline_source, pipeline_path, run_pipeline, stage_dir
+from .checkpoints import load_llava
+from .evaluate import LlavaAnswerer, evaluate, load_records
+from .misalignment import analyze_attention
+from .pipeline import Pipeline, run_pipeline, stage_dir
 
 # %% auto #0
 __all__ = ['MODELS', 'EVAL_SETS', 'MAIN_COLUMNS', 'evaluate_model', 'attention_alignment', 'run_seed', 'reproduce', 'metric',
-           'mean_std', 'results_table', 'reproduce_command']
+           'mean_std', 'results_table']
 
 # %% ../nbs/11_reproduce.ipynb #5b3a91fd
 MODELS = {"teacher": "teacher", "no distillation": "sft_baseline", "KD": "kd_sft", "CompoDistill": "sft",
@@ -37,8 +38,6 @@ def evaluate_model(model_dir:str|Path, # a checkpoint written by a pipeline stag
                    batch_size:int=32, # questions per batch
                   ) -> dict:
     "The evaluator's result on each set, cached as `eval.json` beside the checkpoint folder."
-    from compodistill.checkpoints import load_llava
-    from compodistill.evaluate import LlavaAnswerer, evaluate, load_records
     cache = Path(model_dir).parent / "eval.json"
     key = dict(sets=sets, limit=limit)
     if cache.is_file() and (old := json.loads(cache.read_text())).get("key") == key: return old["results"]
@@ -57,9 +56,6 @@ def attention_alignment(pipe:Pipeline, # a pipeline whose stages are complete
                         stages:dict=MODELS, # row -> stage; the "teacher" row is the reference
                        ) -> dict:
     "`analyze_attention` of every student of a run against its teacher; the report, cached in `<root>/attention.json`."
-    from compodistill.misalignment import analyze_attention
-    from compodistill.checkpoints import load_llava
-    from compodistill.evaluate import load_records
     cache = pipe.root / "attention.json"
     if cache.is_file() and json.loads(cache.read_text()).get("n_samples") == n_images: return json.loads(cache.read_text())
     load = lambda row: load_llava(stage_dir(pipe, stages[row]) / "model")
@@ -149,23 +145,3 @@ def results_table(result:dict, # `reproduce`'s result
                 cells.append(f"{m:.3f} ± {s:.3f}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-# %% ../nbs/11_reproduce.ipynb #3196df42
-def reproduce_command(argv:list[str]|None=None, # command-line arguments after `reproduce`
-                     ):
-    "`compodistill reproduce`: run a pipeline over seeds, score every model, print the results table."
-    import argparse
-    ap = argparse.ArgumentParser(prog="compodistill reproduce", description=reproduce_command.__doc__)
-    add_pipeline_source(ap)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--limit", type=int, default=None, help="records per evaluation set (default: all)")
-    ap.add_argument("--out", default=None, help="results JSON (default: next to the seeds' runs)")
-    args = ap.parse_args(argv)
-    config = pipeline_path(args)
-    t0 = time.time()
-    result = reproduce(config, args.seeds, out=args.out, limit=args.limit)
-    types = [c for c in result["runs"][0]["scores"]["teacher"]["CR"]["per_category"]]
-    print(f"\n{config}, seeds {args.seeds}, {time.time() - t0:.0f} s\n\n{results_table(result)}\n\n"
-          + results_table(result, [f"CR likelihood {t}" for t in types] + ["winoground likelihood text",
-                                                                           "winoground likelihood image"], attention=False))
-    return result

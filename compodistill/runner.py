@@ -5,10 +5,11 @@
 # %% ../nbs/08d_runner.ipynb #7103ee36
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -112,23 +113,26 @@ def check_inputs(cfg:StageConfig, # the stage
     return r
 
 # %% ../nbs/08d_runner.ipynb #7de96d44
-def typed_values(data:dict, # setting name -> value; strings are converted
+def typed_values(data:dict, # setting name -> value: strings are read by their field's type, other values kept
+                 where:str="settings", # what the settings come from, named in errors
                 ) -> dict:
-    "String values converted by their field's type: kept for str fields, else read as YAML (numbers like `2e-4` too)."
-    kinds = {f.name: str(f.type) for dc in (StageConfig, TrainingArguments) for f in fields(dc)}
-    def convert(key, value):
-        kind = kinds.get(key, "")
-        if not isinstance(value, str) or kind.startswith("str"): return value
-        read = yaml.safe_load(value)
-        if isinstance(read, bool) and value.lower() not in ("true", "false"): return value  # save_strategy: "no"
-        return float(read) if isinstance(read, str) and "float" in kind else read
-    return {k: convert(k, v) for k, v in data.items()}
+    "The settings with every string read by `HfArgumentParser` as its field's type; unknown or missing keys and unreadable values are errors naming `where`."
+    parser = HfArgumentParser((StageConfig, TrainingArguments), exit_on_error=False)
+    known = {f.name: f for dc in parser.dataclass_types for f in fields(dc) if f.init}
+    if unknown := sorted(set(data) - set(known)): raise ValueError(f"{where}: unknown keys {unknown}")
+    required = [k for k, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
+    if missing := [k for k in required if k not in data]: raise ValueError(f"{where}: missing keys {missing}")
+    strings = {k: str(v) for k, v in data.items() if isinstance(v, (str, Path))}
+    parser.set_defaults(**{k: v for k, v in data.items() if k not in strings})  # typed already (YAML, Python)
+    try: parsed = vars(parser.parse_known_args([f"--{k}={v}" for k, v in strings.items()])[0])
+    except argparse.ArgumentError as e: raise ValueError(f"{where}: {e}") from None
+    return {k: parsed[k] for k in data}
 
 def parse_stage_config(path:str|Path|None=None, # YAML file with StageConfig and TrainingArguments keys
-                       overrides=(), # "key=value" strings, read by the field's type (numbers, booleans, lists as YAML)
+                       overrides=(), # "key=value" strings, applied in order after the file; a list is written [a, b]
                        **values, # further keys, e.g. from Python
                       ) -> tuple[StageConfig, TrainingArguments]:
-    "Parse a stage's YAML config with overrides into (StageConfig, TrainingArguments); unknown keys are errors."
+    "Parse a stage's YAML config with overrides into (StageConfig, TrainingArguments); bad keys and values are errors naming the file."
     data = {}
     if path is not None:
         if not Path(path).is_file(): raise FileNotFoundError(f"config file {path} not found")
@@ -136,12 +140,11 @@ def parse_stage_config(path:str|Path|None=None, # YAML file with StageConfig and
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep: raise ValueError(f"override {item!r} is not key=value")
-        data[key] = value
-    data.update(values)
-    data = typed_values(data)
-    data.setdefault("report_to", "none")
+        data[key] = yaml.safe_load(value) if value.startswith("[") else value
+    where = str(path or "settings")
+    data = typed_values({"report_to": "none", **data, **values}, where)
     try: return HfArgumentParser((StageConfig, TrainingArguments)).parse_dict(data)
-    except ValueError as e: raise ValueError(f"{path or 'config'}: {e}") from None
+    except ValueError as e: raise ValueError(f"{where}: {e}") from None
 
 # %% ../nbs/08d_runner.ipynb #025b9757
 STAGE_DONE = "stage.json"

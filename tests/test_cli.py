@@ -53,3 +53,41 @@ def test_export_folds_taf_and_chat_answers(tmp_path, tok):
     assert r.stdout.count("\n") == 2                                      # one answer line per question
     r = _run(str(BIN / "compodistill"), "chat", "--model", str(tmp_path / "out"), "--image", str(tmp_path / "nope.png"))
     assert r.returncode != 0 and "no such image file" in r.stderr
+
+
+def _error_line(r, command):
+    "The one line a user error prints on stderr (after any warnings of the imports), checking exit code 2."
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [l for l in r.stderr.splitlines() if l.startswith("compodistill")]
+    assert len(errors) == 1 and r.stderr.rstrip().endswith(errors[0]), r.stderr
+    assert errors[0].startswith(f"compodistill {command}: error: ")
+    return errors[0]
+
+
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
+    cli = str(BIN / "compodistill")
+    line = _error_line(_run(cli, "eval", "--model", str(tmp_path), "--benchmark", "sugarcrepe"), "eval")
+    assert "benchmark 'sugarcrepe' needs --root" in line
+    line = _error_line(_run(cli, "train", "stage=nope", "model=m", "data=d.json", "output_dir=o"), "train")
+    assert "stage must be one of" in line and "'nope'" in line
+    assert "missing keys ['model', 'data']" in _error_line(_run(cli, "train", "stage=dft"), "train")
+    assert f"config file {tmp_path / 'nope.yaml'} not found" in _error_line(
+        _run(cli, "train", "--config", str(tmp_path / "nope.yaml")), "train")
+    cfg = tmp_path / "dft.yaml"
+    cfg.write_text("stage: dft\nmodel: m\ndata: d.json\nlearning_rate: fast\n")
+    line = _error_line(_run(cli, "train", "--config", str(cfg)), "train")
+    assert str(cfg) in line and "learning_rate" in line and "'fast'" in line
+    line = _error_line(_run(cli, "pipeline", "--config", str(tmp_path / "nope.yaml"), "--dry-run"), "pipeline")
+    assert "pipeline file" in line and "not found" in line
+    assert "--scale NAME or --config FILE" in _error_line(_run(cli, "reproduce"), "reproduce")
+    assert "unknown preset 'huge'" in _error_line(_run(cli, "models", "--preset", "huge"), "models")
+    assert "takes NAME=DIR" in _error_line(_run(cli, "analyze", "--teacher", "t", "--student", "kd", "--data", "d",
+                                                "--out", "o"), "analyze")
+    r = _run(cli, "eval", "--benchmark", "sugarcrepe")               # argparse's own usage error: exit code 2 too
+    assert r.returncode == 2 and "the following arguments are required: --model" in r.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = _run(str(BIN / "compodistill"), "--debug", "eval", "--model", str(tmp_path), "--benchmark", "sugarcrepe")
+    assert r.returncode == 1 and "Traceback" in r.stderr and "ValueError: benchmark 'sugarcrepe' needs --root" in r.stderr

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from compodistill.cost import (MODES, bench_command, bench_matching, bench_preset, bench_ratios, bench_step,
+from compodistill.cli import main
+from compodistill.cost import (MODES, bench_matching, bench_preset, bench_ratios, bench_step,
                                 flops_per_token, format_table, peak_tflops, step_flops)
 from compodistill.models import get_preset, preset_parameters
 
@@ -87,7 +88,7 @@ def test_ratios_and_table():
 
 def test_command_prints_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    bench_command(["--device", "cpu", "--preset", "tiny", "--repeats", "1", "--text-tokens", "8",
+    main(["bench", "--device", "cpu", "--preset", "tiny", "--repeats", "1", "--text-tokens", "8",
                    "--analysis-images", "2", "--out", str(out)])
     printed = capsys.readouterr().out
     assert "| mode | step time (s)" in printed and "| eager/vat |" in printed and "images/s" in printed

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from compodistill.evaluate import (LlavaAnswerer, eval_command, evaluate, load_records, parse_choice, record_kind,
+from compodistill.cli import main
+from compodistill.evaluate import (LlavaAnswerer, evaluate, load_records, parse_choice, record_kind,
                                    score_caption_likelihood, score_caption_matching, score_vqa, score_winoground,
                                    score_winoground_likelihood, vqa_score)
 
@@ -170,7 +171,7 @@ def test_eval_command_likelihood_protocol(tiny_answerer, imgs):
     save_llava(tiny_answerer.model, tiny_answerer.processor, imgs / "model")
     recs = [dict(id="1", image="w.png", positive="a red circle", negative="a blue circle", category="swap_att")]
     (imgs / "cr.json").write_text(json.dumps(recs))
-    eval_command(["--model", str(imgs / "model"), "--benchmark", f"world:{imgs / 'cr.json'}", "--protocol", "likelihood",
+    main(["eval", "--model", str(imgs / "model"), "--benchmark", f"world:{imgs / 'cr.json'}", "--protocol", "likelihood",
                   "--out", str(imgs / "r.json")])
     r = json.loads((imgs / "r.json").read_text())
     assert (r["kind"], r["protocol"], r["n"]) == ("caption_matching", "likelihood", 1) and "mean_margin" in r

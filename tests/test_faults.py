@@ -143,3 +143,20 @@ def test_a_stage_folder_given_for_a_checkpoint_is_named(toy_world, tmp_path):
     _stage(common, tmp_path, tmp_path / "dft")
     with pytest.raises(FileNotFoundError, match=r"model checkpoint .*dft does not exist — .*dft is a stage's output folder: use .*dft/model"):
         run_stage(*parse_stage_config(None, stage="sft", model=str(tmp_path / "dft"), output_dir=str(tmp_path / "sft"), **common))
+
+
+def test_export_refuses_a_folder_with_a_users_files(tok, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    _, model = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
+    save_llava(model, make_processor(tok, model.config.vision_config), tmp_path / "student")
+    out = tmp_path / "release"
+    out.mkdir(); (out / "notes.txt").write_text("mine")
+    cli = [str(Path(sys.executable).parent / "compodistill"), "export", "--model", str(tmp_path / "student"), "--out", str(out)]
+    r = subprocess.run(cli, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 2 and "notes.txt" in r.stderr and "Traceback" not in r.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+    r = subprocess.run(cli + ["--overwrite"], capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    assert (out / "model.safetensors").is_file()

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from compodistill.reproduce import MAIN_COLUMNS, MODELS, mean_std, metric, reproduce, reproduce_command, results_table
+from compodistill.cli import main
+from compodistill.reproduce import MAIN_COLUMNS, MODELS, mean_std, metric, reproduce, results_table
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -45,7 +46,8 @@ def test_a_rerun_only_loads(tiny_result, capsys):
     work, result = tiny_result
     import contextlib
     with contextlib.chdir(work):
-        again = reproduce_command(["--config", "configs/tiny/pipeline.yaml", "--seeds", "0", "1", "--limit", "6"])
+        main(["reproduce", "--config", "configs/tiny/pipeline.yaml", "--seeds", "0", "1", "--limit", "6"])
+    again = json.loads((work / "runs" / "tiny" / "results.json").read_text())
     assert all(r["ran"] == [] for r in again["runs"])
     assert [r["scores"] for r in again["runs"]] == [r["scores"] for r in result["runs"]]
     out = capsys.readouterr().out
