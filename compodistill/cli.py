@@ -179,9 +179,9 @@ def analyze_command(student:list[str], # a student as NAME=DIR (repeatable)
 # %% ../nbs/14_cli.ipynb #22e7017c
 @forwards(evaluate_checkpoint)
 def eval_command(**options):
-    "Score a checkpoint on a benchmark: the scores as one JSON line, with the per-category ones in --out."
+    "Score a checkpoint on a benchmark: the summary scores as one JSON line; everything (per category, margins) in --out."
     result = evaluate_checkpoint(**options)
-    print(json.dumps({k: v for k, v in result.items() if k != "per_category"}))
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}))
 
 # %% ../nbs/14_cli.ipynb #86afab0b
 def export_command(model:str, # checkpoint directory of the trained student

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from compodistill.benchmarks import (BENCHMARKS, BenchmarkFormatError, MissingImagesError, load_benchmark,
-                                     load_bivlc, load_caption_matching_json, load_gqa, load_pope, load_sugarcrepe,
-                                     load_winoground, validate_record)
+                                     load_bivlc, load_caption_matching_json, load_gqa, load_mme, load_pope,
+                                     load_sugarcrepe, load_textvqa, load_winoground, validate_record)
 
 datasets.disable_progress_bars()
 
@@ -54,6 +54,7 @@ def test_validate_record_accepts_each_kind_and_extra_keys():
     ("vqa", {**VQA, "answer": 3}, "field 'answer' must be a non-empty str | list[str]"),
     ("vqa", {**VQA, "answer": []}, "field 'answer' must be a non-empty"),
     ("vqa", {**VQA, "category": ""}, "field 'category' must be a non-empty str"),
+    ("vqa", {**VQA, "question": "  \t"}, "field 'question' must be a non-empty str"),
     ("vqa", {**VQA, "image": "rel/1.jpg"}, "image path 'rel/1.jpg' is not absolute"),
     ("winoground", {**WINO, "captions": ["a", "b", "c"]}, "field 'captions' must hold exactly 2 items"),
     ("winoground", {**WINO, "images": ["/a.png", 5]}, "field 'images' must be a non-empty list[str]"),
@@ -124,6 +125,34 @@ def test_sugarcrepe_bad_entries(tmp_path, content, message):
     assert message in str(e.value)
 
 
+def test_sugarcrepe_categories_as_a_comma_string(tmp_path):
+    sugarcrepe(tmp_path)
+    ds = load_sugarcrepe(tmp_path, categories="swap_obj, add_att")
+    assert ds["category"] == ["swap_obj", "add_att", "add_att"]
+
+
+def test_sugarcrepe_unknown_category_is_named(tmp_path):
+    sugarcrepe(tmp_path)
+    with pytest.raises(ValueError, match="unknown SugarCrepe category 'swap-obj'; known: add_att, add_obj"):
+        load_sugarcrepe(tmp_path, categories="add_att,swap-obj")
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"filename": "000000000139.jpg", "caption": "   ", "negative_caption": "a cat"},
+     "swap_obj.json, key '3': field 'caption' must be a non-empty str"),
+    ({"filename": "000000000139.jpg", "caption": "a cat", "negative_caption": " \n"},
+     "swap_obj.json, key '3': field 'negative_caption' must be a non-empty str"),
+    ({"filename": "000000000139.jpg", "caption": "a dog on a cat", "negative_caption": "a dog on a cat "},
+     "swap_obj.json, key '3': field 'negative_caption' is the same caption as 'caption'"),
+])
+def test_sugarcrepe_blank_or_identical_captions(tmp_path, item, message):
+    sugarcrepe(tmp_path)
+    write(tmp_path / "swap_obj.json", {"3": item})
+    with pytest.raises(BenchmarkFormatError) as e:
+        load_sugarcrepe(tmp_path, categories=["swap_obj"])
+    assert message in str(e.value)
+
+
 def test_sugarcrepe_invalid_json_names_line(tmp_path):
     (tmp_path / "swap_att.json").write_text('{\n"0": {"filename": "a.jpg",,}\n}')
     with pytest.raises(BenchmarkFormatError, match=r"swap_att.json: invalid JSON at line 2"):
@@ -160,6 +189,14 @@ def test_winoground_missing_field_names_line(tmp_path):
     bad = json.loads(lines[1]); del bad["caption_1"]
     (tmp_path / "examples.jsonl").write_text(lines[0] + "\n\n" + json.dumps(bad) + "\n")
     with pytest.raises(BenchmarkFormatError, match=r"examples.jsonl, line 3: missing field 'caption_1'"):
+        load_winoground(tmp_path)
+
+
+def test_winoground_identical_captions(tmp_path):
+    winoground(tmp_path, 1)
+    row = json.loads((tmp_path / "examples.jsonl").read_text())
+    write(tmp_path / "examples.jsonl", [{**row, "caption_1": row["caption_0"]}], lines=True)
+    with pytest.raises(BenchmarkFormatError, match=r"examples.jsonl, line 1: field 'caption_1' is the same caption"):
         load_winoground(tmp_path)
 
 
@@ -314,6 +351,12 @@ def test_caption_matching_errors(tmp_path):
     write(tmp_path / "dup.json", [{"image": "a.png", "positive": "p", "negative": "n", "id": 1}] * 2)
     with pytest.raises(BenchmarkFormatError, match=r"dup.json: duplicate record id '1'"):
         load_caption_matching_json(tmp_path / "dup.json")
+    write(tmp_path / "same.json", [{"image": "a.png", "positive": "p", "negative": "p"}])
+    with pytest.raises(BenchmarkFormatError, match=r"same.json, item 0: field 'negative' is the same caption as 'positive'"):
+        load_caption_matching_json(tmp_path / "same.json")
+    write(tmp_path / "blank.json", [{"image": "a.png", "positive": " ", "negative": "n"}])
+    with pytest.raises(BenchmarkFormatError, match=r"blank.json, item 0: field 'positive' must be a non-empty str"):
+        load_caption_matching_json(tmp_path / "blank.json")
     write(tmp_path / "empty.json", [])
     with pytest.raises(BenchmarkFormatError, match=r"empty.json: no records"):
         load_caption_matching_json(tmp_path / "empty.json")
@@ -350,11 +393,11 @@ def test_pope_from_annotation_files(tmp_path):
     ds = load_pope(tmp_path, splits=["random", "popular"])
     assert records(ds) == [
         {"id": "random/1", "image": a, "question": "Is there a dog in the image?", "answer": "yes",
-         "category": "random"},
+         "category": "random", "metric": "pope"},
         {"id": "random/2", "image": b, "question": "Is there a cat in the image?", "answer": "no",
-         "category": "random"},
+         "category": "random", "metric": "pope"},
         {"id": "popular/1", "image": b, "question": "Is there a person in the image?", "answer": "no",
-         "category": "popular"}]
+         "category": "popular", "metric": "pope"}]
 
 
 def test_pope_with_llava_question_file_pairs_by_position(tmp_path):
@@ -394,6 +437,110 @@ def test_pope_bad_label(tmp_path):
     with pytest.raises(BenchmarkFormatError,
                        match=r"coco_pope_adversarial.json, line 1: field 'label' must be 'yes' or 'no'"):
         load_pope(tmp_path, splits=["adversarial"])
+
+
+@pytest.mark.parametrize("source, folder, name, images", [
+    ("aokvqa", "seem/aokvqa", "aokvqa_pope_seem_{}.json", "val2014"), ("gqa", "seem/gqa", "gqa_pope_seem_{}.json", "images")])
+def test_pope_repository_sets_are_json_arrays(tmp_path, source, folder, name, images):
+    a = img(tmp_path / images / "2405722.jpg")
+    rows = [{"question_id": 1, "image": "2405722.jpg", "text": "Is there a bird in the image?", "label": "yes"},
+            {"question_id": 2, "image": "2405722.jpg", "text": "Is there a car in the image?", "label": "no"}]
+    for split in ("random", "adversarial"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / name.format(split)).write_text(json.dumps(rows, indent=4))  # as the POPE repository has them
+    ds = load_pope(tmp_path, source=source, splits="random,adversarial")
+    assert ds["id"] == ["random/1", "random/2", "adversarial/1", "adversarial/2"]
+    assert ds["answer"] == ["yes", "no"] * 2 and ds[0]["image"] == a and set(ds["metric"]) == {"pope"}
+
+
+def test_pope_unknown_source_or_split(tmp_path):
+    pope(tmp_path)
+    with pytest.raises(ValueError, match="unknown POPE source 'vg'; known: coco, aokvqa, gqa"):
+        load_pope(tmp_path, source="vg")
+    with pytest.raises(ValueError, match="unknown POPE split 'rand'"):
+        load_pope(tmp_path, splits="rand")
+
+
+# ---------------------------------------------------------------- TextVQA
+
+OCR = "\nReference OCR token: dakota, digital, nikon\nAnswer the question using a single word or phrase."
+
+
+def textvqa(root):
+    "LLaVA's question file and TextVQA's annotations, in their published formats."
+    a = img(root / "train_images/003a8ae2ef43b901.jpg")
+    write(root / "llava_textvqa_val_v051_ocr.jsonl", [
+        {"question_id": "003a8ae2ef43b901", "image": "003a8ae2ef43b901.jpg",
+         "text": "what is the brand of this camera?" + OCR, "category": "default"},
+        {"question_id": "003a8ae2ef43b901", "image": "003a8ae2ef43b901.jpg", "text": "what does the small white text spell?" + OCR,
+         "category": "default"}], lines=True)
+    write(root / "TextVQA_0.5.1_val.json", {"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1",
+                                            "data": [
+        {"question": "what does the small white text spell?", "image_id": "003a8ae2ef43b901", "question_id": 34603,
+         "answers": ["copenhagen"] * 8 + ["thursday", "copenhagen "], "set_name": "val", "image_classes": ["Camera"]},
+        {"question": "what is the brand of this camera?", "image_id": "003a8ae2ef43b901", "question_id": 34602,
+         "answers": ["nikon"] * 3 + ["dakota"] * 7, "set_name": "val", "image_classes": ["Camera"]}]})
+    return a
+
+
+def test_textvqa_joins_llava_questions_with_ten_answers(tmp_path):
+    a = textvqa(tmp_path)
+    ds = load_textvqa(tmp_path)
+    assert records(ds)[0] == {"id": "34602", "image": a, "question": "what is the brand of this camera?" + OCR,
+                              "answer": ["nikon"] * 3 + ["dakota"] * 7, "category": "default"}
+    assert ds["id"] == ["34602", "34603"]
+
+
+def test_textvqa_errors(tmp_path):
+    textvqa(tmp_path)
+    write(tmp_path / "q.jsonl", [{"question_id": 1, "image": "003a8ae2ef43b901.jpg", "text": "who?" + OCR,
+                                  "category": "default"}], lines=True)
+    with pytest.raises(BenchmarkFormatError, match=r"q.jsonl, line 1: no annotation in .*TextVQA_0.5.1_val.json"):
+        load_textvqa(tmp_path, question_file="q.jsonl")
+    write(tmp_path / "TextVQA_0.5.1_val.json", [{"question": "x"}])
+    with pytest.raises(BenchmarkFormatError, match="expected a JSON object with a 'data' list"):
+        load_textvqa(tmp_path)
+
+
+# ---------------------------------------------------------------- MME
+
+def mme(root):
+    "Two subtasks of MME's release: existence (images beside their .txt) and landmark (images/ + questions_answers_YN/)."
+    for name in ("000000006040", "000000018150"):
+        img(root / f"existence/{name}.jpg")
+        (root / f"existence/{name}.txt").write_text("Is there a dog in this image? Please answer yes or no.\tYes\n"
+                                                    "Is there a cat in this image? Please answer yes or no.\tNo\n")
+    img(root / "landmark/images/0001.png")
+    (root / "landmark/questions_answers_YN").mkdir(parents=True)
+    (root / "landmark/questions_answers_YN/0001.txt").write_text(
+        "Is this a photo of Big Ben? Please answer yes or no.\tYes\nIs this a photo of the Louvre? Please answer yes or no.\tNo\n")
+
+
+def test_mme_release_layout(tmp_path):
+    mme(tmp_path)
+    ds = load_mme(tmp_path, subtasks="existence,landmark")
+    assert ds["id"] == ["existence/000000006040/0", "existence/000000006040/1", "existence/000000018150/0",
+                        "existence/000000018150/1", "landmark/0001/0", "landmark/0001/1"]
+    assert ds["answer"] == ["yes", "no"] * 3 and set(ds["metric"]) == {"mme"}
+    assert ds[4]["image"] == str(tmp_path / "landmark/images/0001.png")
+    assert ds[0]["question"] == "Is there a dog in this image? Please answer yes or no."
+
+
+def test_mme_errors(tmp_path):
+    mme(tmp_path)
+    with pytest.raises(ValueError, match="unknown MME subtask 'colour'"):
+        load_mme(tmp_path, subtasks="colour")
+    with pytest.raises(FileNotFoundError, match="count: no such MME subtask folder"):
+        load_mme(tmp_path, subtasks="count")
+    (tmp_path / "existence/000000006040.txt").write_text("Is there a dog?\tMaybe\nIs there a cat?\tNo\n")
+    with pytest.raises(BenchmarkFormatError, match=r"000000006040.txt, line 1: expected 'question<TAB>Yes\|No'"):
+        load_mme(tmp_path, subtasks="existence")
+    (tmp_path / "existence/000000006040.txt").write_text("Is there a dog?\tYes\n")
+    with pytest.raises(BenchmarkFormatError, match=r"000000006040.txt: expected 2 question lines, got 1"):
+        load_mme(tmp_path, subtasks="existence")
+    os.remove(tmp_path / "landmark/images/0001.png")
+    with pytest.raises(MissingImagesError, match="1 of 1 image files are missing"):
+        load_mme(tmp_path, subtasks="landmark")
 
 
 # ---------------------------------------------------------------- GQA
@@ -460,10 +607,16 @@ def test_load_benchmark_dispatches(tmp_path):
     winoground(tmp_path / "wino")
     assert load_benchmark("gqa", tmp_path / "gqa")["id"] == load_gqa(tmp_path / "gqa")["id"]
     assert load_benchmark("winoground", tmp_path / "wino", category_field="collapsed_tag")["category"] == ["Relation"]
-    assert set(BENCHMARKS) == {"sugarcrepe", "winoground", "bivlc", "caption_matching", "pope", "gqa"}
+    assert set(BENCHMARKS) == {"sugarcrepe", "winoground", "bivlc", "caption_matching", "pope", "gqa", "textvqa", "mme"}
+
+
+def test_load_benchmark_limit_per_category(tmp_path):
+    sugarcrepe(tmp_path)
+    ds = load_benchmark("sugarcrepe", tmp_path, categories="swap_obj,add_att", limit_per_category=1)
+    assert ds["id"] == ["swap_obj/0", "add_att/4"]
 
 
 def test_load_benchmark_unknown_name_lists_known():
     with pytest.raises(ValueError, match="unknown benchmark 'sade'; known benchmarks: bivlc, caption_matching, gqa, "
-                                         "pope, sugarcrepe, winoground"):
+                                         "mme, pope, sugarcrepe, textvqa, winoground"):
         load_benchmark("sade", "/nowhere")

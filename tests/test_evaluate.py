@@ -9,9 +9,11 @@ import torch
 from PIL import Image
 
 from compodistill.cli import main
-from compodistill.evaluate import (LlavaAnswerer, evaluate, load_records, parse_choice, record_kind,
-                                   score_caption_likelihood, score_caption_matching, score_vqa, score_winoground,
-                                   score_winoground_likelihood, vqa_score)
+from compodistill.data import DataError
+from compodistill.evaluate import (LlavaAnswerer, check_images, evaluate, load_records, record_kind,
+                                   score_caption_likelihood, score_caption_margin, score_caption_matching, score_mme,
+                                   score_pope, score_vqa, score_winoground, score_winoground_likelihood)
+from compodistill.scoring import mme_answer, normalize_answer, parse_choice, pope_answer, vqa_score, yes_no_metrics
 
 
 class Prefers:
@@ -30,12 +32,12 @@ class Prefers:
 
 
 class Likes:
-    """Caption log-likelihoods with known preferences: minus the caption's length in words, plus 1 when the caption
+    """Caption token log-probabilities with known preferences: -1 per word, plus 1 on the first when the caption
     has `word` and the image is white or has not and the image is black, plus `black_prior` for black images."""
     def __init__(self, word="red", black_prior=0.0): self.word, self.black_prior = word, black_prior
-    def caption_logprob(self, images, captions):
+    def caption_token_logprobs(self, images, captions):
         white = [im.getpixel((0, 0))[0] > 128 for im in images]
-        return [-len(c.split()) + float(w == (self.word in c)) + (0.0 if w else self.black_prior)
+        return [[-1.0 + float(w == (self.word in c)) + (0.0 if w else self.black_prior)] + [-1.0] * (len(c.split()) - 1)
                 for w, c in zip(white, captions)]
 
 
@@ -51,8 +53,11 @@ def test_caption_matching_scores_are_exact(imgs):
             dict(image=str(imgs / "w.png"), positive="a blue square", negative="a red square", category="replace_att"),
             dict(image=str(imgs / "k.png"), positive="a red cube", negative="a green cube", category="swap_att")]
     r = score_caption_matching(Prefers("red"), recs, batch_size=4, progress=False)
-    assert (r["accuracy_true_as_A"], r["accuracy_true_as_B"], r["accuracy"]) == (2 / 3, 2 / 3, 2 / 3)
+    # the overall and the per-order figures are means over the two categories; the record mean is named as such
+    assert (r["accuracy_true_as_A"], r["accuracy_true_as_B"], r["accuracy"]) == (0.5, 0.5, 0.5)
+    assert r["accuracy_records"] == 2 / 3 and r["unparsed"] == 0
     assert r["per_category"] == {"replace_att": 0.0, "swap_att": 1.0}
+    assert r["per_category_detail"]["swap_att"] == dict(true_as_A=1.0, true_as_B=1.0, unparsed_share=0.0)
 
 
 def test_winoground_scores_are_exact(imgs):
@@ -71,12 +76,15 @@ def test_vqa_scores_and_normalisation(imgs):
     recs = [dict(image=str(imgs / "w.png"), question="q", answer=a, category=c)
             for a, c in (("red", "colour"), ("Red.", "colour"), ("blue", "colour"), (["red", "red", "x"], "multi"))]
     r = score_vqa(Prefers(answer="the red"), recs, progress=False)
-    assert r["accuracy"] == pytest.approx((1 + 1 + 0 + 2 / 3) / 4)
+    assert r["accuracy"] == pytest.approx((1 + 1 + 0 + 4 / 9) / 4)  # 2 of 3 references: (1/3 + 1/3 + 2/3) / 3
     assert vqa_score("2", ["2"] * 10) == 1.0 and vqa_score("an apple", "apple") == 1.0
 
 
 def test_parse_and_kind():
     assert parse_choice("B") == "B" and parse_choice("a") == "A" and parse_choice("a red circle") is None
+    assert record_kind({"image": "x", "question": "q", "answer": "a", "metric": "pope"}) == "pope"
+    with pytest.raises(ValueError, match="unknown metric 'bleu'"):
+        record_kind({"id": "q", "image": "x", "question": "q", "answer": "a", "metric": "bleu"})
     assert record_kind({"image": "x", "question": "q", "answer": "a"}) == "vqa"
     with pytest.raises(ValueError, match="matches no evaluation schema"): record_kind({"image": "x"})
     with pytest.raises(ValueError, match="several schemas"):
@@ -112,9 +120,14 @@ def test_caption_likelihood_scores_are_exact(imgs):
             dict(image=w, positive="a blue square", negative="a red square", category="replace_att"),  # -3 vs -2
             dict(image=w, positive="a big red cube", negative="a green cube", category="add_att"),  # -3 vs -3: a tie
             dict(image=w, positive="red", negative="a blue circle", category="swap_att")]  # 0 vs -3
-    r = score_caption_likelihood(Likes("red"), recs, batch_size=3, progress=False)
-    assert (r["n"], r["accuracy"], r["mean_margin"]) == (4, 0.5, 0.75)
+    r = score_caption_likelihood(Likes("red"), recs, batch_size=3, progress=False, normalization="sum")
+    assert (r["n"], r["accuracy_records"], r["mean_margin"], r["margins"]) == (4, 0.5, 0.75, [1.0, -1.0, 0.0, 3.0])
     assert r["per_category"] == {"add_att": 0.0, "replace_att": 0.0, "swap_att": 1.0}
+    assert r["accuracy"] == pytest.approx(1 / 3)  # the unweighted mean over the three categories
+    # per token: the sum's tie (-3 over 4 tokens against -3 over 3) becomes a win for the longer caption
+    mean = score_caption_likelihood(Likes("red"), recs, progress=False)
+    assert mean["normalization"] == "mean" and mean["margins"] == pytest.approx([1 / 3, -1 / 3, 0.25, 1.0])
+    assert mean["by_normalization"]["sum"]["margins"] == r["margins"]
 
 
 def test_winoground_likelihood_scores_are_exact(imgs):
@@ -122,12 +135,12 @@ def test_winoground_likelihood_scores_are_exact(imgs):
     recs = [dict(images=[w, k], captions=["red left", "blue left"], category="r"),  # all right
             dict(images=[w, k], captions=["red", "blue up"], category="r"),  # black image: -1 vs -1, text tie
             dict(images=[w, k], captions=["blue", "green"], category="s")]  # no "red": nothing right
-    r = score_winoground_likelihood(Likes("red"), recs, batch_size=5, progress=False)
+    r = score_winoground_likelihood(Likes("red"), recs, batch_size=5, progress=False, normalization="sum")
     assert (r["text"], r["image"], r["group"], r["n"]) == (1 / 3, 2 / 3, 1 / 3, 3)
     assert r["per_category"]["r"] == dict(text=0.5, image=1.0, group=0.5, n=2)
     assert r["per_category"]["s"] == dict(text=0.0, image=0.0, group=0.0, n=1)
     # a prior for black images cancels in the text score (same image) but not in the image score (same caption)
-    r = score_winoground_likelihood(Likes("red", black_prior=1.5), recs[:1], progress=False)
+    r = score_winoground_likelihood(Likes("red", black_prior=1.5), recs[:1], progress=False, normalization="sum")
     assert (r["text"], r["image"], r["group"]) == (1.0, 0.0, 0.0)
 
 
@@ -140,13 +153,15 @@ def test_evaluate_protocols(imgs):
     with pytest.raises(ValueError, match="vqa records have no likelihood protocol"):
         evaluate(Likes(), vqa, protocol="likelihood")
     with pytest.raises(ValueError, match="unknown protocol"): evaluate(Likes(), cm, protocol="ranking")
+    with pytest.raises(ValueError, match="vqa records have no margin protocol; theirs: choice"):
+        evaluate(Likes(), vqa, protocol="margin")
 
 
 @pytest.fixture(scope="module")
 def tiny_answerer():
     from compodistill.checkpoints import make_processor, word_tokenizer
     from compodistill.models import build_pair
-    tok = word_tokenizer("a red blue circle square left of the above".split())
+    tok = word_tokenizer("a b red blue circle square left of the above".split())
     teacher, _ = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
     return LlavaAnswerer(teacher, make_processor(tok, teacher.config.vision_config))
 
@@ -159,11 +174,11 @@ def test_caption_logprob_is_the_direct_sum_and_ignores_padding(tiny_answerer, im
     pixels = proc.image_processor(images=white, return_tensors="pt")["pixel_values"]
     with torch.no_grad(): logp = a.model(input_ids=torch.tensor([ids]), pixel_values=pixels).logits[0].float().log_softmax(-1)
     direct = sum(logp[t - 1, ids[t]].item() for t in range(n, len(ids)))  # caption words and the end token
-    alone = a.caption_logprob([white], ["a red circle"])[0]
-    assert alone == pytest.approx(direct, abs=1e-4)
-    batch = a.caption_logprob([black, white, black], ["a blue square left of the red circle", "a red circle", "red"])
+    alone = a.caption_token_logprobs([white], ["a red circle"])[0]
+    assert len(alone) == 4 and sum(alone) == pytest.approx(direct, abs=1e-4)
+    batch = a.caption_token_logprobs([black, white, black], ["a blue square left of the red circle", "a red circle", "red"])
     assert batch[1] == pytest.approx(alone, abs=1e-4)
-    assert batch[2] == pytest.approx(a.caption_logprob([black], ["red"])[0], abs=1e-4)
+    assert batch[2] == pytest.approx(a.caption_token_logprobs([black], ["red"])[0], abs=1e-4)
 
 
 def test_eval_command_likelihood_protocol(tiny_answerer, imgs):
@@ -175,3 +190,172 @@ def test_eval_command_likelihood_protocol(tiny_answerer, imgs):
                   "--out", str(imgs / "r.json")])
     r = json.loads((imgs / "r.json").read_text())
     assert (r["kind"], r["protocol"], r["n"]) == ("caption_matching", "likelihood", 1) and "mean_margin" in r
+
+
+# ---------------------------------------------------------------- reading replies as the benchmarks' authors do
+
+def test_the_article_is_not_option_a():
+    assert parse_choice("A cat sits on the plant.") is None
+    assert [parse_choice(r) for r in ("A", "(A)", "A.", "A)", "Answer: A", "The answer is B.", "a", "b", "(B) a dog")] \
+        == ["A", "A", "A", "A", "A", "B", "A", "B", "B"]
+    assert [parse_choice(r) for r in ("A man rides a horse", "Both", "B is wrong, it is A", "")] == [None] * 4
+
+
+class Echoes:
+    "Replies with the (A) caption, as a sentence: SugarCrepe's true captions mostly start with 'A '."
+    def generate(self, images, prompts): return [p.split("(A) ")[1].split("\n")[0] for p in prompts]
+
+
+def test_sugarcrepe_reply_that_is_a_caption_is_unparsed_not_a(tmp_path):
+    import test_benchmarks as tb
+    from compodistill.benchmarks import load_sugarcrepe
+    tb.write(tmp_path / "swap_obj.json", {"0": {"filename": "000000000139.jpg", "caption": "A cat sits on the plant.",
+                                                "negative_caption": "A plant sits on the cat."}})
+    tb.img(tmp_path / "val2017/000000000139.jpg")
+    r = evaluate(Echoes(), list(load_sugarcrepe(tmp_path, categories="swap_obj")), progress=False)
+    assert (r["accuracy"], r["accuracy_true_as_A"], r["unparsed"], r["unparsed_share"]) == (0.0, 0.0, 2, 1.0)
+    assert r["per_category_detail"]["swap_obj"]["unparsed_share"] == 1.0
+
+
+def test_sugarcrepe_overall_is_the_unweighted_subset_mean(tmp_path):
+    import test_benchmarks as tb
+    from compodistill.benchmarks import load_benchmark
+    tb.sugarcrepe(tmp_path)  # swap_obj: 1 pair with "dog" in both captions; add_att: 2 pairs
+    recs = list(load_benchmark("sugarcrepe", tmp_path, categories="swap_obj,add_att"))
+    # Prefers("red") picks the option with "red", else (B): swap_obj right once in two orders; add_att's first pair
+    # ("a car" / "a red car") wrong in both orders, its second right once
+    r = evaluate(Prefers("red"), recs, progress=False)
+    assert r["per_category"] == {"add_att": 0.25, "swap_obj": 0.5}
+    assert r["accuracy"] == (0.25 + 0.5) / 2
+    assert r["accuracy_records"] == pytest.approx((2 * 0.25 + 0.5) / 3)
+
+
+def test_pope_reading_and_metrics():
+    assert [pope_answer(r) for r in ("Yes, there is a snowboard in the image.", "No.", "There is no dog.",
+                                     "It is not there.", "Nope", "", "Yes. No.")] == \
+        ["yes", "no", "no", "no", "yes", "yes", "yes"]
+    m = yes_no_metrics(["yes", "yes", "no", "no"], ["yes", "no", "no", "yes"])
+    assert (m["accuracy"], m["precision"], m["recall"], m["f1"], m["yes_ratio"]) == (0.5, 0.5, 0.5, 0.5, 0.5)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (1, 1, 1, 1)
+    assert yes_no_metrics(["no"], ["yes"])["precision"] != yes_no_metrics(["no"], ["yes"])["precision"]  # NaN
+
+
+class SaysYes:
+    "Answers every question with a sentence that says yes."
+    def generate(self, images, prompts): return ["Yes, there is a thing in the image." for _ in prompts]
+
+
+def test_pope_always_yes_has_recall_one_and_precision_the_positive_share(tmp_path):
+    import test_benchmarks as tb
+    from compodistill.benchmarks import load_pope
+    tb.pope(tmp_path)   # COCO JSON lines: random 1 yes + 1 no; popular 1 no
+    tb.img(tmp_path / "images/2405722.jpg")
+    tb.write(tmp_path / "seem/gqa/gqa_pope_seem_adversarial.json", [
+        {"question_id": k, "image": "2405722.jpg", "text": f"Is there a {o} in the image?", "label": lab}
+        for k, (o, lab) in enumerate([("bird", "yes"), ("wall", "yes"), ("dog", "no"), ("car", "no")], 1)])
+    coco = evaluate(SaysYes(), list(load_pope(tmp_path, splits="random")), progress=False)
+    gqa = evaluate(SaysYes(), list(load_pope(tmp_path, source="gqa", splits="adversarial")), progress=False)
+    for r, positive_share in ((coco, 0.5), (gqa, 0.5)):
+        split = next(iter(r["per_category"].values()))
+        assert r["kind"] == "pope"
+        assert (split["recall"], split["precision"], split["yes_ratio"]) == (1.0, positive_share, 1.0)
+        assert split["f1"] == pytest.approx(2 * positive_share / (1 + positive_share))
+    both = score_pope(SaysYes(), list(load_pope(tmp_path, splits=["random", "popular"])), progress=False)
+    assert both["per_category"]["popular"]["precision"] == 0.0   # its one question is a no
+    assert both["per_category"]["popular"]["recall"] != both["per_category"]["popular"]["recall"]  # no yes labels: NaN
+    assert both["per_category"]["popular"]["accuracy"] == 0.0 and both["per_category"]["random"]["accuracy"] == 0.5
+
+
+class Says:
+    "Answers every question with `reply`."
+    def __init__(self, reply): self.reply = reply
+    def generate(self, images, prompts): return [self.reply for _ in prompts]
+
+
+def test_textvqa_vqa_accuracy_on_llava_files(tmp_path):
+    from compodistill.benchmarks import load_textvqa
+    import test_benchmarks as tb
+    tb.textvqa(tmp_path)
+    recs = list(load_textvqa(tmp_path))
+    assert evaluate(Says("Nikon."), recs[:1], progress=False)["accuracy"] == pytest.approx(0.9)  # 3 of 10 say nikon
+    assert evaluate(Says("dakota"), recs[:1], progress=False)["accuracy"] == 1.0
+    assert normalize_answer("The Two  Dogs!") == "2 dogs" and vqa_score("two dogs", ["2 dogs"] * 10) == 1.0
+
+
+def test_mme_scores_per_subtask_on_release_layout(tmp_path):
+    from compodistill.benchmarks import load_mme
+    import test_benchmarks as tb
+    tb.mme(tmp_path)  # existence: 2 images; landmark: 1 image (images/ + questions_answers_YN/)
+    r = evaluate(Says("Yes"), list(load_mme(tmp_path, subtasks="existence,landmark")), progress=False)
+    assert r["kind"] == "mme"
+    assert r["per_category"]["existence"] == dict(acc=0.5, acc_plus=0.0, score=50.0, n=4, other=0)
+    assert (r["perception"], r["cognition"]) == (100.0, 0)
+    assert [mme_answer(x) for x in ("Yes", "no.", "Not sure", "I think yes")] == ["yes", "no", "no", "other"]
+
+
+# ---------------------------------------------------------------- the option margin and the length bias
+
+class LikesA:
+    "Option logits: 3 for A whatever it says, plus 1 for the option that says `word`."
+    def __init__(self, word="red"): self.word = word
+    def option_logits(self, images, prompts):
+        first = [self.word in p.split("(A) ")[1].split("\n")[0] for p in prompts]
+        return [[3.0 + f, float(not f)] for f in first]
+
+
+def test_option_margin_cancels_a_letter_bias(imgs):
+    recs = [dict(image=str(imgs / "w.png"), positive="a red circle", negative="a blue circle", category="swap_att"),
+            dict(image=str(imgs / "w.png"), positive="a blue cube", negative="a red cube", category="swap_att")]
+    r = score_caption_margin(LikesA(), recs, progress=False)
+    assert (r["accuracy"], r["margins"]) == (0.5, [2.0, -2.0])  # (4 - 0) - (3 - 1); the bias of 3 cancels
+    assert evaluate(LikesA(), recs, protocol="margin", progress=False)["protocol"] == "margin"
+
+
+def test_option_logits_are_the_last_position_logits(tiny_answerer, imgs):
+    from compodistill.checkpoints import CHOICE_PROMPT
+    from compodistill.data import chat_batch
+    a = tiny_answerer
+    white = Image.open(imgs / "w.png").convert("RGB")
+    prompt = CHOICE_PROMPT.format(a="a red circle", b="a blue circle")
+    with torch.no_grad(): last = a.model(**chat_batch(a.processor, [white], [prompt])).logits[0, -1].float()
+    assert a.option_ids == [a.tok.convert_tokens_to_ids("a"), a.tok.convert_tokens_to_ids("b")]
+    got = a.option_logits([white, white], [prompt, "a red circle"])
+    assert got[0] == pytest.approx(last[a.option_ids].tolist(), abs=1e-4)
+    assert len(got) == 2 and len(got[1]) == 2
+
+
+def test_sum_favours_the_shorter_caption_on_add_pairs(tmp_path):
+    """An untrained model on SugarCrepe-format add_* pairs (negatives one word longer): the sum is always right."""
+    from compodistill.benchmarks import load_sugarcrepe
+    from compodistill.checkpoints import make_processor, word_tokenizer
+    from compodistill.models import build_pair
+    import test_benchmarks as tb
+    tb.img(tmp_path / "val2017/1.jpg")
+    words, things = ["red", "blue", "big", "old"], ["circle", "square", "cube"]
+    tb.write(tmp_path / "add_att.json", {str(k): {"filename": "1.jpg", "caption": f"a {t}", "negative_caption": f"a {w} {t}"}
+                                         for k, (w, t) in enumerate((w, t) for w in words for t in things)})
+    tok = word_tokenizer(words + things + ["a"])
+    model, _ = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
+    r = evaluate(LlavaAnswerer(model, make_processor(tok, model.config.vision_config)),
+                 list(load_sugarcrepe(tmp_path, categories="add_att")), protocol="likelihood", progress=False)
+    assert r["by_normalization"]["sum"]["accuracy"] == 1.0
+    assert r["normalization"] == "mean" and r["accuracy"] < 1.0 and len(r["margins"]) == 12
+
+
+# ---------------------------------------------------------------- bad images name their record
+
+@pytest.mark.parametrize("content", [b"", "truncated"])
+def test_a_bad_image_names_its_record_before_scoring(imgs, content):
+    if content == "truncated":
+        Image.new("RGB", (64, 64), "red").save(imgs / "full.jpg")
+        content = (imgs / "full.jpg").read_bytes()[:200]
+    (imgs / "bad.jpg").write_bytes(content)
+    recs = [dict(id="ok", image=str(imgs / "w.png"), positive="a red circle", negative="a blue circle", category="c"),
+            dict(id="swap_obj/7", image=str(imgs / "bad.jpg"), positive="a red circle", negative="a blue circle",
+                 category="c")]
+    class Never:
+        def generate(self, images, prompts): raise AssertionError("scoring started before the images were checked")
+    with pytest.raises(DataError, match=r"record 'swap_obj/7': corrupt image: .*bad.jpg cannot be decoded"):
+        evaluate(Never(), recs, progress=False)
+    with pytest.raises(DataError, match=r"record 'w1': missing image"):
+        check_images([dict(id="w1", images=[str(imgs / "w.png"), str(imgs / "nope.png")])])
