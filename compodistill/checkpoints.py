@@ -21,7 +21,8 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from transformers.trainer_utils import rotate_checkpoints
 from transformers.utils import logging as hf_logging
 
-from .models import PairPreset, llava_config, preset_config, projector_from_config, visual_token_count
+from .models import (CompoDistillLlavaConfig, CompoDistillLlavaForConditionalGeneration, PairPreset,
+                                 llava_config, preset_config, projector_from_config, visual_token_count)
 
 # %% auto #0
 __all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'CHOICE_PROMPT', 'MATCH_PROMPT', 'SPECIAL_TOKENS', 'IMAGE_TOKEN', 'CHECKPOINT_FILES',
@@ -219,21 +220,26 @@ def load_llava(path:str|Path, # a checkpoint directory written by `save_llava` (
                attn_implementation:str="sdpa", # attention kernel
                device_map=None, # passed to `from_pretrained`
               ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    "Load a LLaVA model and its processor from a checkpoint directory."
+    "Load a LLaVA model (plain, TAF, or `compodistill_llava`) and its processor from a checkpoint directory."
     path = Path(path)
     if (path / "model" / "config.json").is_file():  # a stage folder: its own config.json records the run's settings
         raise FileNotFoundError(f"{path} is a stage's output folder: its checkpoint is {path / 'model'}")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a checkpoint directory (no config.json)")
     safetensors_only(path)
-    kind = AutoConfig.from_pretrained(path).model_type
-    if kind != "llava": raise ValueError(f"{path}/config.json: model_type is {kind!r}, expected 'llava'")
     config = AutoConfig.from_pretrained(path)
+    kind, dtype = config.model_type, dtype if dtype is not None else "auto"
+    if kind == CompoDistillLlavaConfig.model_type:  # an exported student with a projector of its own width (06_taf)
+        model = CompoDistillLlavaForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn_implementation, device_map=device_map, use_safetensors=True)
+        return model.eval(), AutoProcessor.from_pretrained(path)
+    if kind != "llava":
+        raise ValueError(f"{path}/config.json: model_type is {kind!r}, expected 'llava' or {CompoDistillLlavaConfig.model_type!r}")
     own_projector = getattr(config, "projector_intermediate_size", None) is not None  # TAF / folded TAF (06_taf)
     verbosity = hf_logging.get_verbosity()
     if own_projector: hf_logging.set_verbosity_error()  # its shapes differ from LLaVA's own on purpose
     try: model = LlavaForConditionalGeneration.from_pretrained(
-        path, dtype=dtype if dtype is not None else "auto", attn_implementation=attn_implementation,
+        path, dtype=dtype, attn_implementation=attn_implementation,
         device_map=device_map, ignore_mismatched_sizes=own_projector, use_safetensors=True)
     finally: hf_logging.set_verbosity(verbosity)
     if own_projector: _load_own_projector(model, path)

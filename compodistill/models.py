@@ -8,16 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers.activations import ACT2FN
-from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration, PretrainedConfig
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers import (AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, LlavaConfig,
+                          LlavaForConditionalGeneration, LlavaProcessor, PretrainedConfig)
+from transformers.models.llava.modeling_llava import LlavaModel, LlavaMultiModalProjector, LlavaPreTrainedModel
 
 # %% auto #0
 __all__ = ['SIGLIP_SO400M', 'QWEN15_4B', 'QWEN15_1_8B', 'QWEN25_7B', 'MOBILELLAMA_2_7B', 'MOBILELLAMA_1_4B', 'PRESETS',
            'Backbone', 'PairPreset', 'get_preset', 'visual_token_count', 'llava_config', 'preset_config', 'build_llava',
            'build_pair', 'dummy_batch', 'WideProjector', 'TAFProjector', 'projector_spec', 'projector_from_config',
-           'count_parameters', 'preset_parameters', 'parameter_table', 'depth_faithful', 'IncompatiblePairError',
-           'check_compatible']
+           'CompoDistillLlavaConfig', 'CompoDistillLlavaModel', 'CompoDistillLlavaForConditionalGeneration',
+           'set_projector', 'count_parameters', 'preset_parameters', 'parameter_table', 'depth_faithful',
+           'IncompatiblePairError', 'check_compatible']
 
 # %% ../nbs/00_models.ipynb #dbc4e71a
 @dataclass(frozen=True)
@@ -214,13 +219,73 @@ def projector_spec(config, # a LLaVA config
     "Activation and bias of a LLaVA config's projector."
     return dict(act=config.projector_hidden_act, bias=config.multimodal_projector_bias)
 
-def projector_from_config(config, # a LLaVA config with `projector_intermediate_size` (and optionally `taf`)
+def projector_from_config(config, # a LLaVA config; `projector_intermediate_size` (default: the LLM's width) and `taf` shape it
                          ) -> WideProjector:
     "The projector module a saved config describes: `TAFProjector` if `config.taf`, else a folded `WideProjector`."
-    vis, text = config.vision_config.hidden_size, config.text_config.hidden_size
-    inner = config.projector_intermediate_size
+    layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
+    vis, text = config.vision_config.hidden_size * layers, config.text_config.hidden_size
+    inner = getattr(config, "projector_intermediate_size", None) or text  # LLaVA's own: the LLM's width
     if getattr(config, "taf", False): return TAFProjector(vis, inner, text, **projector_spec(config))
     return WideProjector(vis, inner, text, **projector_spec(config))
+
+# %% ../nbs/00_models.ipynb #1b0ccb10
+@strict
+class CompoDistillLlavaConfig(LlavaConfig):
+    "A `LlavaConfig` whose projector has an inner width of its own, `projector_intermediate_size`."
+    model_type = "compodistill_llava"
+    projector_intermediate_size: int | None = None  # inner width of the projector; None: the LLM's width, as in LLaVA
+
+class CompoDistillLlavaModel(LlavaModel):
+    "LLaVA's base model with the projector its config describes (`projector_from_config`)."
+    config_class = CompoDistillLlavaConfig  # an attribute: annotations are strings here
+
+    def __init__(self, config:CompoDistillLlavaConfig):
+        LlavaPreTrainedModel.__init__(self, config)  # not LlavaModel's: it would build a projector of the LLM's width
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = projector_from_config(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+class CompoDistillLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    "`LlavaForConditionalGeneration` on a `CompoDistillLlavaModel`: LLaVA with a projector of its own width."
+    config_class = CompoDistillLlavaConfig  # an attribute: annotations are strings here
+
+    def __init__(self, config:CompoDistillLlavaConfig):
+        LlavaPreTrainedModel.__init__(self, config)
+        self.model = CompoDistillLlavaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+# %% ../nbs/00_models.ipynb #40afc20f
+AutoConfig.register(CompoDistillLlavaConfig.model_type, CompoDistillLlavaConfig, exist_ok=True)
+AutoModel.register(CompoDistillLlavaConfig, CompoDistillLlavaModel, exist_ok=True)
+AutoModelForImageTextToText.register(CompoDistillLlavaConfig, CompoDistillLlavaForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(CompoDistillLlavaConfig, LlavaProcessor, exist_ok=True)
+# LLaVA's renamings of older tensor names: a model loaded as `llava` saves under those names, and loads back with them
+register_checkpoint_conversion_mapping(CompoDistillLlavaConfig.model_type, get_checkpoint_conversion_mapping("llava"), overwrite=True)
+register_checkpoint_conversion_mapping("CompoDistillLlavaModel", get_checkpoint_conversion_mapping("LlavaModel"), overwrite=True)
+
+# %% ../nbs/00_models.ipynb #a940469f
+def set_projector(model:LlavaForConditionalGeneration, # a LLaVA model (modified in place)
+                  projector:nn.Module, # a `WideProjector` (or `TAFProjector`) or a `LlavaMultiModalProjector`
+                 ) -> LlavaForConditionalGeneration:
+    "Put `projector` into `model`, typed as plain LLaVA if the projector is LLaVA's shape, else as `compodistill_llava`."
+    cfg, text = model.config, model.config.text_config.hidden_size
+    for key in ("taf", "projector_intermediate_size"): cfg.__dict__.pop(key, None)
+    if type(projector) is WideProjector and projector.linear_1.out_features == text:
+        w = projector.linear_1.weight
+        plain = LlavaMultiModalProjector(cfg).to(device=w.device, dtype=w.dtype)
+        if w.device.type != "meta": plain.load_state_dict(projector.state_dict())
+        projector = plain
+    if type(projector) is LlavaMultiModalProjector:
+        cfg.__class__, model.__class__, model.model.__class__ = LlavaConfig, LlavaForConditionalGeneration, LlavaModel
+    else:
+        cfg.__class__ = CompoDistillLlavaConfig
+        model.__class__, model.model.__class__ = CompoDistillLlavaForConditionalGeneration, CompoDistillLlavaModel
+        cfg.projector_intermediate_size = projector.linear_1.out_features
+        if isinstance(projector, TAFProjector): cfg.taf = True
+    model.model.multi_modal_projector = projector
+    return model
 
 # %% ../nbs/00_models.ipynb #73458703
 def count_parameters(model:LlavaForConditionalGeneration, # a LLaVA model (may live on the meta device)

@@ -5,13 +5,15 @@
 # %% ../nbs/06_taf.ipynb #9bfde1ce
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from .models import TAFProjector, WideProjector, projector_spec
+from .models import TAFProjector, WideProjector, projector_spec, set_projector
 
 # %% auto #0
-__all__ = ['attach_taf', 'fold_taf']
+__all__ = ['attach_taf', 'fold_taf', 'projector_inputs', 'refit_plain_projector']
 
 # %% ../nbs/06_taf.ipynb #246db3d4
 def attach_taf(student, # the student LLaVA model (modified in place)
@@ -36,7 +38,7 @@ def attach_taf(student, # the student LLaVA model (modified in place)
 # %% ../nbs/06_taf.ipynb #eb38fc40
 def fold_taf(model, # a LLaVA model whose projector is a `TAFProjector` (modified in place)
             ):
-    "Fold the adapter into the teacher projector's last layer; a plain LLaVA projector when the widths allow."
+    "Fold the adapter into the teacher projector's last layer: a `compodistill_llava` model, plain LLaVA when the widths allow."
     proj = model.model.multi_modal_projector
     if not isinstance(proj, TAFProjector): raise TypeError(f"the projector is a {type(proj).__name__}, not a TAFProjector")
     A, l2, l1 = proj.adapter, proj.linear_2, proj.linear_1
@@ -52,12 +54,80 @@ def fold_taf(model, # a LLaVA model whose projector is a `TAFProjector` (modifie
         if l1.bias is not None: folded.linear_1.bias[:d_t] = l1.bias
         folded.linear_2.weight[:, :d_t] = w2
         folded.linear_2.bias.copy_(b2)
-    model.model.multi_modal_projector = folded
-    del model.config.taf
-    if inner == d_s:  # exactly LLaVA's own projector: a plain checkpoint
-        plain = LlavaMultiModalProjector(model.config).to(device=w2.device, dtype=w2.dtype)
-        plain.load_state_dict(folded.state_dict())
-        model.model.multi_modal_projector = plain
-        del model.config.projector_intermediate_size
-    else: model.config.projector_intermediate_size = inner
-    return model
+    return set_projector(model, folded)  # LLaVA's own projector when inner == d_s, else the compodistill_llava type
+
+# %% ../nbs/06_taf.ipynb #ca2787a1
+@torch.no_grad()
+def projector_inputs(model, # a LLaVA model
+                     pixel_values:torch.Tensor, # images as its processor gives them, `(n, channels, height, width)`
+                     batch_size:int=16, # images per pass through the vision tower
+                    ) -> torch.Tensor:
+    "The patch features `model`'s projector reads for `pixel_values`, one row per visual token: `(n · patches, width)`."
+    proj, got = model.model.multi_modal_projector, []
+    w = next(proj.parameters())
+    hook = proj.register_forward_pre_hook(lambda m, args: got.append(args[0].reshape(-1, args[0].shape[-1]).float().cpu()))
+    try:
+        for i in range(0, len(pixel_values), batch_size):
+            model.model.get_image_features(pixel_values=pixel_values[i:i + batch_size].to(w.device, w.dtype))
+    finally: hook.remove()
+    return torch.cat(got)
+
+# %% ../nbs/06_taf.ipynb #a2fef530
+def _solve_linear_2(proj, hidden, target, ridge:float):
+    "Set `proj.linear_2` to the ridge least-squares map from `hidden` (with a constant for the bias) to `target`."
+    bias = proj.linear_2.bias is not None
+    A = torch.cat([hidden, torch.ones(len(hidden), 1, device=hidden.device)], 1) if bias else hidden
+    G = A.T @ A
+    G.diagonal().add_(ridge * G.diagonal().mean())
+    sol = torch.linalg.solve(G, A.T @ target)
+    proj.linear_2.weight.copy_(sol[:hidden.shape[1]].T)
+    if bias: proj.linear_2.bias.copy_(sol[-1])
+
+def _relative_errors(proj, x, y) -> tuple[float, float]:
+    "‖proj(x) − y‖ relative to ‖y‖ and to ‖y − mean(y)‖ (the visual tokens' variation)."
+    with torch.no_grad(): err = (proj(x) - y).norm()
+    return (err / y.norm()).item(), (err / (y - y.mean(0)).norm()).item()
+
+# %% ../nbs/06_taf.ipynb #a2f1cdde
+def refit_plain_projector(model, # a LLaVA model with a TAF or folded (wide) projector (modified in place)
+                          features:torch.Tensor, # patch features its projector reads (`projector_inputs`), `(n, vision width)`
+                          steps:int=300, # Adam steps on the first layer after the least-squares start (0: none)
+                          lr:float=1e-2, # Adam's learning rate, relative to the first layer's weight scale
+                          batch_size:int=4096, # features per Adam step
+                          holdout:float=0.2, # share of the features kept out of the fit, to measure its error
+                          ridge:float=1e-6, # ridge of the least-squares solves, relative to their mean diagonal
+                          seed:int=0, # seed of the split and of the batches
+                         ) -> dict:
+    "Give `model` LLaVA's own projector (inner width = LLM width), fitted to reproduce its visual tokens; return the held-out errors."
+    if isinstance(model.model.multi_modal_projector, TAFProjector): fold_taf(model)
+    wide = model.model.multi_modal_projector
+    if type(wide) is LlavaMultiModalProjector: return dict(rel_error=0.0, rel_error_centered=0.0, start_centered=0.0)
+    w, d_s = wide.linear_1.weight, wide.linear_2.out_features
+    ref = copy.deepcopy(wide).float()
+    g = torch.Generator().manual_seed(seed)
+    x = features.reshape(-1, features.shape[-1]).float().to(w.device)
+    perm = torch.randperm(len(x), generator=g).to(w.device)
+    x_fit, x_out = x[perm[int(len(x) * holdout):]], x[perm[:int(len(x) * holdout)]]
+    with torch.no_grad():
+        y_fit, y_out, h = ref(x_fit), ref(x_out), ref.act(ref.linear_1(x_fit))
+        keep = (h.var(0) * ref.linear_2.weight.pow(2).sum(0)).topk(d_s).indices  # the units that carry most output
+        new = WideProjector(x.shape[1], d_s, d_s, model.config.projector_hidden_act, bias=ref.linear_2.bias is not None)
+        new = new.to(w.device)
+        new.linear_1.weight.copy_(ref.linear_1.weight[keep])
+        if new.linear_1.bias is not None: new.linear_1.bias.copy_(ref.linear_1.bias[keep])
+        _solve_linear_2(new, h[:, keep], y_fit, ridge)
+    del h
+    start, start_state = _relative_errors(new, x_out, y_out), copy.deepcopy(new.state_dict())
+    start_fit = _relative_errors(new, x_fit, y_fit)[0]
+    opt = torch.optim.Adam(new.linear_1.parameters(), lr=lr * ref.linear_1.weight.std().item())
+    sched, scale = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1)), y_fit.std()
+    for step in range(steps):
+        i = torch.randint(len(x_fit), (min(batch_size, len(x_fit)),), generator=g).to(w.device)
+        loss = ((new(x_fit[i]) - y_fit[i]) / scale).pow(2).mean()
+        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        if step % 50 == 49 or step == steps - 1:  # the last layer solved exactly for the first one's new units
+            with torch.no_grad(): _solve_linear_2(new, new.act(new.linear_1(x_fit)), y_fit, ridge)
+    if _relative_errors(new, x_fit, y_fit)[0] > start_fit: new.load_state_dict(start_state)  # keep the better on the fit set
+    rel, centered = _relative_errors(new, x_out, y_out)
+    set_projector(model, new.to(dtype=w.dtype))
+    return dict(rel_error=rel, rel_error_centered=centered, start_centered=start[1])

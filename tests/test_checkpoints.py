@@ -1,4 +1,6 @@
 """Tokenizer, chat template, processor, assembling from parts, and checkpoint save/load."""
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -6,7 +8,8 @@ from transformers import AutoModelForCausalLM, AutoProcessor, LlavaForConditiona
 
 from compodistill.checkpoints import (IMAGE_TOKEN, _load_vision_tower, assemble_llava, load_llava, make_processor,
                                       save_llava, save_random_parts, word_tokenizer)
-from compodistill.models import (IncompatiblePairError, build_llava, build_pair, check_compatible, preset_config,
+from compodistill.models import (CompoDistillLlavaForConditionalGeneration, IncompatiblePairError, WideProjector,
+                                 build_llava, build_pair, check_compatible, dummy_batch, preset_config, set_projector,
                                  visual_token_count)
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour is the circle?"}]},
@@ -120,6 +123,23 @@ def test_load_errors_name_the_path(tmp_path):
     with pytest.raises(ValueError, match=f"{llm_dir}/config.json: model_type is 'qwen2'"): load_llava(llm_dir)
     with pytest.raises(ValueError, match="is not a vision tower"): assemble_llava(llm_dir, llm_dir)
 
+
+def test_load_own_type_and_older_wide_exports(tok, tmp_path):
+    "`compodistill_llava` checkpoints load with their class; a wide export written as `llava` (before that type) still loads."
+    cfg = preset_config("tiny", "student", vocab_size=len(tok), image_token_id=tok.image_token_id)
+    model = set_projector(build_llava(cfg, seed=0), WideProjector(cfg.vision_config.hidden_size, 48, cfg.text_config.hidden_size))
+    batch = dummy_batch(model.config)
+    with torch.no_grad(): before = model(**batch).logits
+    path = save_llava(model, make_processor(tok, cfg.vision_config), tmp_path / "wide")
+    again, _ = load_llava(path)
+    assert type(again) is CompoDistillLlavaForConditionalGeneration
+    with torch.no_grad(): assert torch.equal(again(**batch).logits, before)
+    conf = json.loads((path / "config.json").read_text())
+    conf.update(model_type="llava", architectures=["LlavaForConditionalGeneration"])
+    (path / "config.json").write_text(json.dumps(conf))
+    old, _ = load_llava(path)
+    assert type(old) is LlavaForConditionalGeneration and type(old.model.multi_modal_projector) is WideProjector
+    with torch.no_grad(): assert torch.equal(old(**batch).logits, before)
 
 def test_tokenizer_mismatch_is_named(tok):
     teacher, student = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
