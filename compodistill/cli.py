@@ -25,13 +25,14 @@ from PIL import Image, ImageDraw
 from .checkpoints import (assemble_llava, load_llava, make_processor, save_llava, save_random_parts,
                                       word_tokenizer)
 from .cost import cost_report, run_cost_benchmark
+from .data import open_image
 from .evaluate import evaluate_checkpoint
 from .misalignment import analyze_checkpoints
 from .models import TAFProjector, build_pair, check_compatible, count_parameters, get_preset, parameter_table
 from .pipeline import Pipeline, launch_commands, pipeline_path, run_pipeline
 from .reproduce import reproduce, results_table
 from .runner import parse_stage_config, run_stage
-from .taf import fold_taf
+from .taf import fold_taf, projector_inputs, refit_plain_projector
 
 # %% auto #0
 __all__ = ['SMOKE_WORDS', 'COMMANDS', 'USER_ERRORS', 'forwards', 'command_parser', 'call_command', 'smoke_image', 'models_smoke',
@@ -187,12 +188,24 @@ def eval_command(**options):
 def export_command(model:str, # checkpoint directory of the trained student
                    out:str, # directory of the exported checkpoint
                    overwrite:bool=False, # replace `out` even if it holds files that are not a checkpoint's
+                   plain:bool=False, # re-fit the projector to the student's width: a plain LLaVA checkpoint (not exact)
+                   fit_images:str|None=None, # with --plain: a folder of images like the training images
+                   fit_count:int=256, # with --plain: how many of them
+                   fit_steps:int=300, # with --plain: Adam steps of the re-fit
                   ):
-    "Fold a TAF student's projector and write the release checkpoint."
+    "Fold a TAF student's projector and write the release checkpoint (exact; or plain LLaVA with --plain)."
     llava, processor = load_llava(model)
     if isinstance(llava.model.multi_modal_projector, TAFProjector): fold_taf(llava)
+    if plain:
+        if fit_images is None: raise ValueError("--plain needs --fit-images: a folder of images like the training images")
+        paths = sorted(p for p in Path(fit_images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:fit_count]
+        if not paths: raise FileNotFoundError(f"{fit_images}: no .png or .jpg images to fit the projector on")
+        pixels = processor.image_processor([open_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+        errors = refit_plain_projector(llava, projector_inputs(llava, pixels), steps=fit_steps)
+        print(f"re-fitted on {len(paths)} images: held-out relative error {errors['rel_error']:.4f} "
+              f"({errors['rel_error_centered']:.4f} of the tokens' variation)")
     kind = "plain LLaVA" if getattr(llava.config, "projector_intermediate_size", None) is None else \
-        f"LLaVA with a {llava.config.projector_intermediate_size}-wide projector (load with compodistill's load_llava)"
+        f"LLaVA with a {llava.config.projector_intermediate_size}-wide projector (loads with transformers' Auto classes after `import compodistill`)"
     print(f"exported {save_llava(llava, processor, out, overwrite)}: {kind}")
 
 # %% ../nbs/14_cli.ipynb #83cb3c73

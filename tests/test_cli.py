@@ -91,3 +91,24 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     r = _run(str(BIN / "compodistill"), "--debug", "eval", "--model", str(tmp_path), "--benchmark", "sugarcrepe")
     assert r.returncode == 1 and "Traceback" in r.stderr and "ValueError: benchmark 'sugarcrepe' needs --root" in r.stderr
+
+
+def test_plain_export_loads_in_vanilla_transformers(tmp_path, tok):
+    from PIL import Image
+    from transformers import LlavaForConditionalGeneration
+
+    from compodistill.checkpoints import make_processor, save_llava
+    from compodistill.models import build_pair
+    from compodistill.taf import attach_taf
+    teacher, student = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
+    attach_taf(student, teacher)
+    save_llava(student, make_processor(tok, student.config.vision_config), tmp_path / "student")
+    (tmp_path / "fit").mkdir()
+    for i, c in enumerate(("red", "blue", "green", "white")): Image.new("RGB", (32, 32), c).save(tmp_path / "fit" / f"{i}.png")
+    cli = [str(BIN / "compodistill"), "export", "--model", str(tmp_path / "student"), "--out", str(tmp_path / "plain"), "--plain"]
+    r = _run(*cli)
+    assert r.returncode == 2 and "--plain needs --fit-images" in r.stderr
+    r = _run(*cli, "--fit-images", str(tmp_path / "fit"), "--fit-steps", "20")
+    assert r.returncode == 0, r.stderr
+    assert "held-out relative error" in r.stdout and "plain LLaVA" in r.stdout
+    assert type(LlavaForConditionalGeneration.from_pretrained(tmp_path / "plain").model.multi_modal_projector).__name__ == "LlavaMultiModalProjector"
