@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal  # noqa: F401 — names the inherited LlavaConfig fields' annotations, evaluated by `inspect.signature`
 
 import torch
 from huggingface_hub.dataclasses import strict
