@@ -14,7 +14,7 @@ import yaml
 from .checkpoints import assemble_llava, load_llava, make_processor, save_llava, word_tokenizer
 from .corpus import write_world
 from .models import build_pair
-from .runner import STAGE_DONE, StageConfig, parse_stage_config, run_stage, typed_values
+from .runner import STAGE_DONE, StageConfig, changed_settings, parse_stage_config, run_stage, typed_values
 
 # %% auto #0
 __all__ = ['Pipeline', 'stage_dir', 'init_dir', 'resolve', 'stage_values', 'stage_order', 'build_init', 'prepare_world',
@@ -87,7 +87,9 @@ def stage_values(pipe:Pipeline, # the pipeline
     own = pipe.stages[name]
     seed = pipe.file_seed if name in pipe.shared_stages else pipe.seed
     values = own if "copy_vision_from" in own else {"seed": seed, **pipe.defaults, **own}
-    return {**{k: resolve(pipe, v) for k, v in values.items()}, "output_dir": str(stage_dir(pipe, name))}
+    try: resolved = {k: resolve(pipe, v) for k, v in values.items()}
+    except ValueError as e: raise ValueError(f"stage {name!r}: {e}") from None
+    return {**resolved, "output_dir": str(stage_dir(pipe, name))}
 
 # %% ../nbs/08e_pipeline.ipynb #9f469957
 def stage_order(pipe:Pipeline, # the pipeline
@@ -169,6 +171,14 @@ def check_stage(pipe:Pipeline, # the pipeline
     typed, own = typed_values(values, where), {f.name for f in fields(StageConfig)}
     try: StageConfig(**{k: v for k, v in typed.items() if k in own})
     except ValueError as e: raise ValueError(f"{where}: {e}") from None
+    for key in ("data", "image_folder"):  # inputs that no stage writes: a world this pipeline writes is under data_root
+        path = Path(typed[key]) if typed.get(key) else None
+        if path and not path.exists() and not (pipe.world and path.is_relative_to(pipe.data_root)):
+            raise ValueError(f"{where}: {key} {path} not found")
+    if (stage_dir(pipe, name) / STAGE_DONE).is_file() and (changed := changed_settings(stage_dir(pipe, name), typed)):
+        raise ValueError(f"{where} is done with other settings (recorded → now): "
+                         + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items())
+                         + f"; remove {stage_dir(pipe, name)} to train it again with them")
 
 # %% ../nbs/08e_pipeline.ipynb #17b5e8f0
 def run_pipeline(pipe:Pipeline, # the pipeline

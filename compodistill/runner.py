@@ -182,15 +182,15 @@ def recorded_settings(cfg:StageConfig, # the stage
     return json.loads(json.dumps(dict(stage=asdict(cfg), resolved=asdict(cfg.resolved()), training=args.to_dict())))
 
 def changed_settings(out:str|Path, # a stage's output folder
-                     cfg:StageConfig, # the stage as it would run now
-                     args:TrainingArguments, # its training arguments
+                     settings:dict, # setting name -> value as the stage would run now (all of them, or the ones given)
                     ) -> dict:
-    "`{key: (recorded, now)}` for the settings that differ from those the folder's run was started with (empty if none or no run)."
+    "`{key: (recorded, now)}` for the given settings that differ from those the folder's run was started with (empty if none or no run)."
     path = Path(out) / "config.json"
     if not path.is_file(): return {}
-    old, new = json.loads(path.read_text()), recorded_settings(cfg, args)
-    return {k: (old.get(part, {}).get(k), v) for part in ("stage", "training") for k, v in new[part].items()
-            if k not in RUN_ONLY and old.get(part, {}).get(k) != v}
+    old = json.loads(path.read_text())
+    recorded = {**old.get("training", {}), **old.get("stage", {})}
+    now = json.loads(json.dumps(settings, default=str))
+    return {k: (recorded.get(k), v) for k, v in now.items() if k not in RUN_ONLY and recorded.get(k) != v}
 
 def whole_run_loss(log_history:list, # the Trainer's `state.log_history` (restored on resume)
                   ) -> float|None:
@@ -211,7 +211,7 @@ def run_stage(cfg:StageConfig, # what to train
     "Train one stage (resuming if interrupted) and write its model to `<output_dir>/model`; return that path."
     r, out = check_inputs(cfg), Path(args.output_dir)
     if cfg.restart: _start_over(out)
-    if changed := changed_settings(out, cfg, args):
+    if changed := changed_settings(out, {**asdict(cfg), **args.to_dict()}):
         raise ValueError(f"{out} holds a run of this stage with other settings (recorded → now): "
                          + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items())
                          + "; use another output_dir, or restart=true to train it again from the start")

@@ -11,6 +11,8 @@ from compodistill.checkpoints import COMPLETE, load_llava, make_processor, save_
 from compodistill.models import build_pair
 from compodistill.runner import STAGE_DONE, parse_stage_config, run_stage
 
+from conftest import WORDS
+
 
 def _stage(common, root, out, **kw):
     "Run the DFT stage of the toy world into `out` (constant learning rate: every step counts)."
@@ -160,3 +162,26 @@ def test_export_refuses_a_folder_with_a_users_files(tok, tmp_path):
     r = subprocess.run(cli + ["--overwrite"], capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr
     assert (out / "model.safetensors").is_file()
+
+
+def test_pipeline_refuses_a_done_stage_with_changed_settings_and_checks_inputs_up_front(toy_world, tmp_path):
+    import yaml
+    from compodistill.pipeline import Pipeline, run_pipeline
+    common = {k: v for k, v in toy_world(tmp_path).items() if k not in ("teacher",)}
+    stage = {"stage": "dft", "model": str(tmp_path / "student"), "teacher": str(tmp_path / "teacher"), **common}
+    path, vocab = tmp_path / "pipe.yaml", tmp_path / "vocab.json"
+    vocab.write_text(json.dumps(WORDS))
+    write = lambda **kw: path.write_text(yaml.safe_dump({"root": str(tmp_path / "runs"), "data_root": str(tmp_path),
+                                                         "init": {"preset": "tiny", "vocab": str(vocab)},
+                                                         "stages": {"dft": {**stage, **kw}}}))
+    write()
+    assert run_pipeline(Pipeline.from_yaml(path)) == [("dft", "ran")]
+    assert run_pipeline(Pipeline.from_yaml(path)) == [("dft", "done")]
+    write(logging_steps=2)                                              # not part of the run's identity
+    assert run_pipeline(Pipeline.from_yaml(path), dry_run=True) == [("dft", "done")]
+    write(learning_rate=1e-3)
+    with pytest.raises(ValueError, match=r"stage 'dft' is done with other settings.*learning_rate 0\.002 → 0\.001"):
+        run_pipeline(Pipeline.from_yaml(path), dry_run=True)
+    write(data=str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match=r"stage 'dft': data .*missing\.json not found"):
+        run_pipeline(Pipeline.from_yaml(path), dry_run=True)
