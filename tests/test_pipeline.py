@@ -72,8 +72,13 @@ def test_pipeline_command_dry_run_and_commands(tmp_path, toy_world):
 
 def test_the_shipped_full_pipeline_is_valid(tmp_path):
     """configs/full/pipeline.yaml: every stage checks out (no GPU needed to list it) and refers to real stages."""
-    root = Path(__file__).resolve().parent.parent
-    pipe = Pipeline.from_yaml(root / "configs" / "full" / "pipeline.yaml", root=str(tmp_path), data_root="/data")
+    root, data = Path(__file__).resolve().parent.parent, tmp_path / "data"  # LLaVA-1.5's layout, files empty
+    config = root / "configs" / "full" / "pipeline.yaml"
+    with pytest.raises(ValueError, match="stage 'teacher_pretrain': data .*blip_laion_cc_sbu_558k.json not found"):
+        run_pipeline(Pipeline.from_yaml(config, root=str(tmp_path / "runs"), data_root=str(data)), dry_run=True)
+    (data / "LLaVA-Pretrain" / "images").mkdir(parents=True)
+    for f in ("LLaVA-Pretrain/blip_laion_cc_sbu_558k.json", "llava_v1_5_mix665k.json"): (data / f).write_text("[]")
+    pipe = Pipeline.from_yaml(config, root=str(tmp_path / "runs"), data_root=str(data))
     status = run_pipeline(pipe, dry_run=True)
     assert len(status) == 14 and {s for _, s in status} == {"would run"}
     order = stage_order(pipe)
