@@ -197,6 +197,14 @@ def test_train_command_yaml_and_overrides(toy_world, tmp_path):
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _free_port() -> str:
+    "A TCP port nothing listens on now (a fixed port collides with another run of the suite on the same machine)."
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def _launch(tmp_path, common, launch_args, timeout=1800, **stage):
     """Run a DFT stage with `accelerate launch <launch_args> -m compodistill.cli train` on the toy world."""
     import os
@@ -233,7 +241,7 @@ def test_two_process_ddp_dft_stage(toy_world, tmp_path):
     """`accelerate launch` with the shipped DDP config and two CPU processes (gloo): the global batch doubles, one model is written."""
     common = toy_world(tmp_path)
     r = _launch(tmp_path, common, ["--config_file", str(ROOT / "configs/accelerate/ddp.yaml"), "--num_processes", "2",
-                                   "--mixed_precision", "no", "--main_process_port", "29533"])
+                                   "--mixed_precision", "no", "--main_process_port", _free_port()])
     _check_two_process_run(r, tmp_path)
 
 
@@ -249,7 +257,7 @@ def test_two_process_deepspeed_dft_stage(config, toy_world, tmp_path):
     final model gathered from shards)."""
     common = toy_world(tmp_path)
     r = _launch(tmp_path, common, ["--config_file", str(ROOT / f"configs/accelerate/{config}.yaml"), "--num_processes", "2",
-                                   "--mixed_precision", "no", "--main_process_port", "29534"],
+                                   "--mixed_precision", "no", "--main_process_port", _free_port()],
                 use_cpu=False, ddp_backend="gloo")  # DeepSpeed on CPU: accelerate needs the backend named
     _check_two_process_run(r, tmp_path)
 
@@ -346,7 +354,7 @@ def test_fsdp_teacher_and_vat_capture_on_two_processes(tmp_path):
     script = tmp_path / "fsdp_check.py"
     script.write_text(FSDP_SCRIPT)
     torchrun = Path(sys.executable).parent / "torchrun"
-    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29535", str(script)],
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", _free_port(), str(script)],
                        capture_output=True, text=True, timeout=1800,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
