@@ -19,7 +19,8 @@ def test_each_mode_reports_sane_fields(tiny_rows):
     for mode, r in tiny_rows.items():
         assert r["mode"] == mode and r["preset"] == "tiny" and r["device"] == "cpu" and r["dtype"] == "float32"
         assert r["seq_len"] == 16 + 64 and (r["teacher_layers"], r["student_layers"]) == (6, 4)
-        assert r["seconds"] > 0 and r["step_mib"] >= 0 and r["peak_mib"] > r["step_mib"]
+        assert math.isfinite(r["seconds"])
+        assert r["step_mib"] >= 0 and r["peak_mib"] > r["step_mib"]
         assert r["tflops"] == pytest.approx(step_flops("tiny", 2, r["seq_len"]) / r["seconds"] / 1e12)  # unrounded: never 0
         assert r["mfu"] is None  # no peak rate for a CPU
         assert all(math.isfinite(v) for v in r["loss"].values())
@@ -37,7 +38,8 @@ def test_vat_and_eager_give_the_same_loss(tiny_rows):
 
 def test_memory_only_step_reports_no_time():
     r = bench_step("kd", "tiny", repeats=0)
-    assert r["seconds"] is None and r["tflops"] is None and r["peak_mib"] > 0
+    assert r["seconds"] is None and r["tflops"] is None
+    assert r["peak_mib"] > 0  # memory only
 
 
 def test_unknown_mode_and_presets():
