@@ -283,6 +283,8 @@ def main(argv:list[str]|None=None, # arguments (default: `sys.argv[1:]`)
         message = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() is quoted
         print(f"{prog}: error: " + " ".join(str(message).splitlines()), file=sys.stderr)
         sys.exit(2)
+    finally:
+        if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()  # a live gloo/NCCL thread at exit aborts
 
 # %% ../nbs/14_cli.ipynb #839fd203
 #| eval: false
