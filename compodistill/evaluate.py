@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .benchmarks import load_benchmark
+from .vqa import load_benchmark
 from .checkpoints import CHOICE_PROMPT, IMAGE_TOKEN, MATCH_PROMPT, load_llava
 from .data import DataCollator, chat_batch, image_token_count, open_image, read_json_records, tokenize_record
 from .scoring import mme_scores, parse_choice, pope_answer, vqa_score, yes_no_metrics
@@ -290,7 +290,7 @@ def record_kind(record:dict, # one evaluation record
             raise ValueError(f"record {record.get('id', '?')!r}: unknown metric {metric!r}; known: vqa, pope, mme")
     raise ValueError(f"record {record.get('id', '?')!r} matches no evaluation schema (fields: {sorted(record)})")
 
-def load_records(benchmark:str, # a benchmark name of `01a_benchmarks`, or "world:<path to a JSON/JSONL file>"
+def load_records(benchmark:str, # a key of `BENCHMARKS` (`01b_vqa`), or "world:<path to a JSON/JSONL file>"
                  root:str|None=None, # the benchmark's folder (for named benchmarks)
                  **kwargs, # passed on to the benchmark's loader, e.g. `categories=`, `limit_per_category=`
                 ) -> list[dict]:
@@ -339,7 +339,7 @@ def select_records(records:list, # evaluation records with a `category`
     return keep[:limit]
 
 def evaluate_checkpoint(model:str|Path, # checkpoint directory
-                        benchmark:str, # a benchmark name (01a_benchmarks) or world:<file>
+                        benchmark:str, # a key of BENCHMARKS (01b_vqa) or world:<file>
                         root:str|None=None, # local folder of a named benchmark
                         out:str|Path|None=None, # JSON file for the result
                         protocol:str="choice", # choice: multiple choice (the paper's); likelihood: caption likelihood; margin: option-logit margin

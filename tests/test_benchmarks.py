@@ -8,9 +8,9 @@ import datasets
 import pytest
 from PIL import Image
 
-from compodistill.benchmarks import (BENCHMARKS, BenchmarkFormatError, MissingImagesError, load_benchmark,
-                                     load_bivlc, load_caption_matching_json, load_gqa, load_mme, load_pope,
-                                     load_sugarcrepe, load_textvqa, load_winoground, validate_record)
+from compodistill.benchmarks import (BenchmarkFormatError, MissingImagesError, load_bivlc, load_caption_matching_json,
+                                     load_sugarcrepe, load_winoground, validate_record)
+from compodistill.vqa import BENCHMARKS, load_benchmark, load_gqa, load_mme, load_pope, load_textvqa
 
 datasets.disable_progress_bars()
 
@@ -607,7 +607,8 @@ def test_load_benchmark_dispatches(tmp_path):
     winoground(tmp_path / "wino")
     assert load_benchmark("gqa", tmp_path / "gqa")["id"] == load_gqa(tmp_path / "gqa")["id"]
     assert load_benchmark("winoground", tmp_path / "wino", category_field="collapsed_tag")["category"] == ["Relation"]
-    assert set(BENCHMARKS) == {"sugarcrepe", "winoground", "bivlc", "caption_matching", "pope", "gqa", "textvqa", "mme"}
+    assert set(BENCHMARKS) == {"sugarcrepe", "winoground", "bivlc", "caption_matching", "pope", "gqa", "textvqa", "mme",
+                               "vqav2", "vizwiz"}
 
 
 def test_load_benchmark_limit_per_category(tmp_path):
@@ -618,5 +619,5 @@ def test_load_benchmark_limit_per_category(tmp_path):
 
 def test_load_benchmark_unknown_name_lists_known():
     with pytest.raises(ValueError, match="unknown benchmark 'sade'; known benchmarks: bivlc, caption_matching, gqa, "
-                                         "mme, pope, sugarcrepe, textvqa, winoground"):
+                                         "mme, pope, sugarcrepe, textvqa, vizwiz, vqav2, winoground"):
         load_benchmark("sade", "/nowhere")

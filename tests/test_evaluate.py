@@ -94,7 +94,7 @@ def test_parse_and_kind():
 def test_benchmark_loaders_feed_the_evaluator(tmp_path):
     """SugarCrepe (caption matching) and Winoground (pairs) records, as loaded by 01a_benchmarks, are scored."""
     import test_benchmarks as tb
-    from compodistill.benchmarks import load_benchmark
+    from compodistill.vqa import load_benchmark
     tb.sugarcrepe(tmp_path / "sc")
     tb.winoground(tmp_path / "wg", n=2)
     sc = list(load_benchmark("sugarcrepe", tmp_path / "sc", categories=("swap_obj", "add_att")))
@@ -219,7 +219,7 @@ def test_sugarcrepe_reply_that_is_a_caption_is_unparsed_not_a(tmp_path):
 
 def test_sugarcrepe_overall_is_the_unweighted_subset_mean(tmp_path):
     import test_benchmarks as tb
-    from compodistill.benchmarks import load_benchmark
+    from compodistill.vqa import load_benchmark
     tb.sugarcrepe(tmp_path)  # swap_obj: 1 pair with "dog" in both captions; add_att: 2 pairs
     recs = list(load_benchmark("sugarcrepe", tmp_path, categories="swap_obj,add_att"))
     # Prefers("red") picks the option with "red", else (B): swap_obj right once in two orders; add_att's first pair
@@ -247,7 +247,7 @@ class SaysYes:
 
 def test_pope_always_yes_has_recall_one_and_precision_the_positive_share(tmp_path):
     import test_benchmarks as tb
-    from compodistill.benchmarks import load_pope
+    from compodistill.vqa import load_pope
     tb.pope(tmp_path)   # COCO JSON lines: random 1 yes + 1 no; popular 1 no
     tb.img(tmp_path / "images/2405722.jpg")
     tb.write(tmp_path / "seem/gqa/gqa_pope_seem_adversarial.json", [
@@ -273,7 +273,7 @@ class Says:
 
 
 def test_textvqa_vqa_accuracy_on_llava_files(tmp_path):
-    from compodistill.benchmarks import load_textvqa
+    from compodistill.vqa import load_textvqa
     import test_benchmarks as tb
     tb.textvqa(tmp_path)
     recs = list(load_textvqa(tmp_path))
@@ -283,7 +283,7 @@ def test_textvqa_vqa_accuracy_on_llava_files(tmp_path):
 
 
 def test_mme_scores_per_subtask_on_release_layout(tmp_path):
-    from compodistill.benchmarks import load_mme
+    from compodistill.vqa import load_mme
     import test_benchmarks as tb
     tb.mme(tmp_path)  # existence: 2 images; landmark: 1 image (images/ + questions_answers_YN/)
     r = evaluate(Says("Yes"), list(load_mme(tmp_path, subtasks="existence,landmark")), progress=False)
