@@ -192,6 +192,7 @@ def export_command(model:str, # checkpoint directory of the trained student
                    fit_images:str|None=None, # with --plain: a folder of images like the training images
                    fit_count:int=256, # with --plain: how many of them
                    fit_steps:int=300, # with --plain: Adam steps of the re-fit
+                   max_fit_error:float=0.25, # with --plain: refuse a re-fit whose held-out error exceeds this share of the visual tokens' variation
                   ):
     "Fold a TAF student's projector and write the release checkpoint (exact; or plain LLaVA with --plain)."
     llava, processor = load_llava(model)
@@ -201,7 +202,10 @@ def export_command(model:str, # checkpoint directory of the trained student
         paths = sorted(p for p in Path(fit_images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:fit_count]
         if not paths: raise FileNotFoundError(f"{fit_images}: no .png or .jpg images to fit the projector on")
         pixels = processor.image_processor([open_image(p) for p in paths], return_tensors="pt")["pixel_values"]
-        errors = refit_plain_projector(llava, projector_inputs(llava, pixels), steps=fit_steps)
+        try: errors = refit_plain_projector(llava, projector_inputs(llava, pixels), steps=fit_steps, max_error=max_fit_error)
+        except ValueError as e:
+            raise ValueError(f"--plain: {e} (--fit-images, --fit-count, --fit-steps; --max-fit-error to accept a larger "
+                             f"error; or export without --plain: exact, loads with the Auto classes after `import compodistill`)") from None
         print(f"re-fitted on {len(paths)} images: held-out relative error {errors['rel_error']:.4f} "
               f"({errors['rel_error_centered']:.4f} of the tokens' variation)")
     kind = "plain LLaVA" if getattr(llava.config, "projector_intermediate_size", None) is None else \

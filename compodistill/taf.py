@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
@@ -97,6 +98,7 @@ def refit_plain_projector(model, # a LLaVA model with a TAF or folded (wide) pro
                           holdout:float=0.2, # share of the features kept out of the fit, to measure its error
                           ridge:float=1e-6, # ridge of the least-squares solves, relative to their mean diagonal
                           seed:int=0, # seed of the split and of the batches
+                          max_error:float|None=0.25, # refuse a fit whose held-out error exceeds this share of the tokens' variation (None: any)
                          ) -> dict:
     "Give `model` LLaVA's own projector (inner width = LLM width), fitted to reproduce its visual tokens; return the held-out errors."
     if isinstance(model.model.multi_modal_projector, TAFProjector): fold_taf(model)
@@ -108,6 +110,9 @@ def refit_plain_projector(model, # a LLaVA model with a TAF or folded (wide) pro
     x = features.reshape(-1, features.shape[-1]).float().to(w.device)
     perm = torch.randperm(len(x), generator=g).to(w.device)
     x_fit, x_out = x[perm[int(len(x) * holdout):]], x[perm[:int(len(x) * holdout)]]
+    if len(x_fit) <= d_s or not len(x_out):
+        raise ValueError(f"too few visual tokens to re-fit the projector: {len(x_fit)} to fit (more than {d_s}, the "
+                         f"student's width, are needed) and {len(x_out)} held out; fit on more images")
     with torch.no_grad():
         y_fit, y_out, h = ref(x_fit), ref(x_out), ref.act(ref.linear_1(x_fit))
         keep = (h.var(0) * ref.linear_2.weight.pow(2).sum(0)).topk(d_s).indices  # the units that carry most output
@@ -129,5 +134,12 @@ def refit_plain_projector(model, # a LLaVA model with a TAF or folded (wide) pro
             with torch.no_grad(): _solve_linear_2(new, new.act(new.linear_1(x_fit)), y_fit, ridge)
     if _relative_errors(new, x_fit, y_fit)[0] > start_fit: new.load_state_dict(start_state)  # keep the better on the fit set
     rel, centered = _relative_errors(new, x_out, y_out)
+    if not (math.isfinite(rel) and math.isfinite(centered)):
+        raise ValueError(f"re-fitting the projector failed (held-out error {centered}): the features or the projector "
+                         f"hold non-finite values, or the images do not vary; fit on more, varied images like the training images")
+    if max_error is not None and centered > max_error:
+        raise ValueError(f"the re-fitted projector's held-out error is {centered:.3f} of the visual tokens' variation, above "
+                         f"max_error={max_error}: fit on more images like the training images or with more steps, or keep "
+                         f"the exact export")
     set_projector(model, new.to(dtype=w.dtype))
     return dict(rel_error=rel, rel_error_centered=centered, start_centered=start[1])

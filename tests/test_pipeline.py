@@ -1,10 +1,13 @@
-"""Pipelines: starting checkpoints, dependency order, skipping finished stages, resuming, the command."""
+"""Pipelines: starting checkpoints, dependency order, skipping finished stages, resuming, the command; the tiny
+pipeline run end to end and its trained student exported."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from compodistill.pipeline import Pipeline, run_pipeline, stage_order
@@ -111,18 +114,25 @@ def test_the_shipped_small_pipeline_is_valid_and_seeded(tmp_path):
     with pytest.raises(ValueError, match="seed must be an integer"): Pipeline.from_yaml(_shipped("small"), seed="x")
 
 
-def test_the_tiny_pipeline_runs_from_nothing(tmp_path):
-    """configs/tiny end to end: the world is written, every stage of the small shape runs, the seed separates runs,
-    and a world written with other settings is refused."""
-    from compodistill.pipeline import prepare_world
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    "configs/tiny run once from nothing (seed 3), for every test that needs its checkpoints: (its folder, a pipeline of any seed there, the status)."
+    tmp_path = tmp_path_factory.mktemp("tiny")
     def tiny(seed):
         pipe = Pipeline.from_yaml(_shipped("tiny"), root=str(tmp_path / "seed{seed}"), data_root=str(tmp_path / "world"),
                                   seed=str(seed))
         pipe.shared_root = tmp_path / "shared"
         return pipe
+    return tmp_path, tiny, run_pipeline(tiny(3))
+
+
+def test_the_tiny_pipeline_runs_from_nothing(tiny_run):
+    """configs/tiny end to end: the world is written, every stage of the small shape runs, the seed separates runs,
+    and a world written with other settings is refused."""
+    from compodistill.pipeline import prepare_world
+    tmp_path, tiny, status = tiny_run
     pipe = tiny(3)
     assert pipe.root == tmp_path / "seed3"
-    status = run_pipeline(pipe)
     assert len(status) == 18 and {s for _, s in status} == {"ran"}
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["init", "teacher", "teacher_lm", "teacher_pretrain", "vision"]
     again = run_pipeline(tiny(4))  # another seed: the shared teacher is reused, every student stage runs
@@ -149,3 +159,69 @@ def test_the_tiny_pipeline_runs_from_nothing(tmp_path):
     other = Pipeline.from_yaml(_shipped("tiny"), root=str(tmp_path / "x"), data_root=str(tmp_path / "world"))
     other.world = {**other.world, "n_train": 50}
     with pytest.raises(ValueError, match="written with other settings"): prepare_world(other)
+
+
+def _export(*args):
+    "Run `compodistill export` in this process: (exit code, stdout, stderr)."
+    import contextlib
+    import io
+    from compodistill.cli import main
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: main(["export", *map(str, args)])
+        except SystemExit as e: code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_the_tiny_pipelines_student_exports_as_plain_llava(tiny_run, tmp_path):
+    """`compodistill export --plain --fit-images` on the tiny pipeline's trained CompoDistill student (sft, TAF
+    projector): stock LlavaForConditionalGeneration loads it with no missing, unused or mismatched weights; every
+    weight but the projector's is the student's; on the fit images its visual tokens are the TAF student's within
+    the held-out error the export measured and printed; its logits on an image stay close, the next token the same."""
+    from transformers import LlavaForConditionalGeneration
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+    from compodistill.checkpoints import load_llava
+    from compodistill.data import chat_batch, open_image
+    from compodistill.models import TAFProjector
+    root = tiny_run[0]
+    sft, images = root / "seed3" / "sft" / "model", root / "world" / "images"
+    code, out, err = _export("--model", sft, "--out", tmp_path / "plain", "--plain", "--fit-images", images)
+    assert code == 0, err
+    assert "plain LLaVA" in out
+    held_out = float(re.search(r"held-out relative error [\d.]+ \(([\d.]+) of the tokens' variation\)", out).group(1))
+    assert 0 < held_out < 0.25
+    plain, info = LlavaForConditionalGeneration.from_pretrained(tmp_path / "plain", output_loading_info=True)
+    assert not any(info.values()), info
+    assert type(plain.model.multi_modal_projector) is LlavaMultiModalProjector
+    taf, processor = load_llava(sft)
+    assert isinstance(taf.model.multi_modal_projector, TAFProjector)
+    exported = plain.state_dict()
+    rest = {k: v for k, v in taf.state_dict().items() if "multi_modal_projector" not in k}
+    assert rest and all(torch.equal(v, exported[k]) for k, v in rest.items())
+    fit = [open_image(p) for p in sorted(images.iterdir()) if p.suffix == ".png"]
+    pixels = processor.image_processor(fit, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        t_taf, t_plain = (torch.cat(list(m.model.get_image_features(pixel_values=pixels).pooler_output)) for m in (taf, plain))
+    error = ((t_plain - t_taf).norm() / (t_taf - t_taf.mean(0)).norm()).item()   # over fit and held-out tokens
+    assert 0 < error <= 1.5 * held_out, (error, held_out)
+    batch = chat_batch(processor, fit[:8], ["what colour is the circle ?"] * 8)
+    with torch.no_grad(): l_taf, l_plain = taf(**batch).logits, plain(**batch).logits
+    assert (l_plain - l_taf).abs().max() < 0.1 * l_taf.std()
+    assert torch.equal(l_plain[:, -1].argmax(-1), l_taf[:, -1].argmax(-1))
+
+
+def test_a_poor_or_impossible_refit_of_the_tiny_student_is_refused(tiny_run, tmp_path):
+    """The re-fit of the trained student whose held-out error is above --max-fit-error, or that has too few visual
+    tokens to fit, is a one-line error saying what to do (exit 2), and writes no checkpoint."""
+    root = tiny_run[0]
+    sft, images = root / "seed3" / "sft" / "model", root / "world" / "images"
+    cli = ("--model", sft, "--out", tmp_path / "plain", "--plain", "--fit-images", images)
+    code, out, err = _export(*cli, "--max-fit-error", "0.01", "--fit-steps", "20")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"compodistill export: error: --plain: the re-fitted projector's held-out error is 0\.\d+ of the "
+                     r"visual tokens' variation, above max_error=0\.01: fit on more images .* --max-fit-error to accept "
+                     r"a larger error; or export without --plain", err), err
+    code, out, err = _export(*cli, "--fit-count", "1")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "too few visual tokens to re-fit the projector: 13 to fit (more than 32, the student's width, are needed)" in err
+    assert not (tmp_path / "plain").exists()
