@@ -63,3 +63,14 @@ def test_training_does_not_load_the_analysis_stack():
     code = "import sys, compodistill.runner; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
     assert out.stdout.strip() == "False"
+
+
+def test_no_deepspeed_accelerator_warning_on_import():
+    "accelerate imports DeepSpeed to unwrap a model; on a CPU machine its 'Setting accelerator to CPU' warning is dropped."
+    import subprocess
+    import sys
+    code = ("import logging, compodistill, torch; from accelerate.utils import extract_model_from_parallel; "
+            "extract_model_from_parallel(torch.nn.Linear(2, 2)); logging.getLogger('DeepSpeed').warning('kept')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+    assert "Setting accelerator to CPU" not in out.stdout + out.stderr
+    assert "kept" in out.stdout + out.stderr  # DeepSpeed's other warnings still show
