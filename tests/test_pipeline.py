@@ -210,6 +210,27 @@ def test_the_tiny_pipelines_student_exports_as_plain_llava(tiny_run, tmp_path):
     assert torch.equal(l_plain[:, -1].argmax(-1), l_taf[:, -1].argmax(-1))
 
 
+def test_the_tiny_pipelines_student_exports_and_answers_the_same(tiny_run, tmp_path):
+    """`compodistill export` (TAF folded, not plain) of the tiny pipeline's trained student: after `import compodistill`
+    the Auto classes load it as the registered `compodistill_llava` model, and greedy answers on the world's images
+    are token for token the trained student's."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from compodistill.checkpoints import load_llava
+    from compodistill.data import chat_batch, open_image
+    root = tiny_run[0]
+    sft, images = root / "seed3" / "sft" / "model", root / "world" / "images"
+    code, out, err = _export("--model", sft, "--out", tmp_path / "release")
+    assert code == 0, err
+    assert AutoConfig.from_pretrained(tmp_path / "release").model_type == "compodistill_llava"
+    auto = AutoModelForImageTextToText.from_pretrained(tmp_path / "release").eval()
+    student, processor = load_llava(sft)
+    pics = [open_image(p) for p in sorted(images.iterdir()) if p.suffix == ".png"][:8]
+    batch = chat_batch(processor, pics, ["what colour is the circle ?", "how many objects are there ?"] * 4)
+    def greedy(m):
+        with torch.no_grad(): return m.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(greedy(auto), greedy(student))
+
+
 def test_a_poor_or_impossible_refit_of_the_tiny_student_is_refused(tiny_run, tmp_path):
     """The re-fit of the trained student whose held-out error is above --max-fit-error, or that has too few visual
     tokens to fit, is a one-line error saying what to do (exit 2), and writes no checkpoint."""
