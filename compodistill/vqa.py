@@ -87,6 +87,17 @@ def load_gqa(root:str|Path, # GQA folder (LLaVA layout: `data/testdev_balanced_q
     return records_dataset("vqa", records, str(root / question_file if question_file else qpath))
 
 # %% ../nbs/01b_vqa.ipynb #165b2e8d
+def _json_list(path:Path, key:str) -> list:
+    "The list under `key` of the JSON object in `path`; any other content is a `BenchmarkFormatError`."
+    data = read_benchmark_file(path, records=False)
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise BenchmarkFormatError(f"{path}: expected a JSON object with a {key!r} list")
+    return data[key]
+
+def _answers(item:dict, where:str) -> list[str]:
+    "The human answers of one VQA annotation: the `answer` of each entry of its `answers` list (VQAv2, VizWiz)."
+    return [get_field(x, "answer", f"{where}, answer {k}") for k, x in enumerate(get_field(item, "answers", where, list))]
+
 def load_textvqa(root:str|Path, # TextVQA folder (LLaVA layout: the two files below and `train_images/`)
                  question_file:str|Path="llava_textvqa_val_v051_ocr.jsonl", # LLaVA's questions with OCR tokens
                  annotations:str|Path="TextVQA_0.5.1_val.json", # TextVQA's annotations with ten answers per question
@@ -94,11 +105,8 @@ def load_textvqa(root:str|Path, # TextVQA folder (LLaVA layout: the two files be
                 ) -> datasets.Dataset:
     "LLaVA's TextVQA questions (OCR tokens in the prompt) joined with TextVQA's ten answers, as VQA records."
     root, apath = Path(root), Path(root) / annotations
-    data = read_benchmark_file(apath, records=False)
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise BenchmarkFormatError(f"{apath}: expected a JSON object with a 'data' list of questions")
     by_key = {}
-    for n, a in enumerate(data["data"]):
+    for n, a in enumerate(_json_list(apath, "data")):
         where = f"{apath}, data item {n}"
         by_key[get_field(a, "image_id", where), get_field(a, "question", where).lower()] = (a, where)
     records = []
@@ -149,14 +157,10 @@ _TEST_SPLITS = "the answers of VQAv2's and VizWiz's test splits are not public (
 def _vqav2_answers(apath:Path) -> dict:
     "VQAv2's annotation file as `{question_id: (answers, answer_type)}`."
     if not apath.is_file(): raise FileNotFoundError(f"{apath}: no such annotation file; {_TEST_SPLITS}")
-    data = read_benchmark_file(apath, records=False)
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise BenchmarkFormatError(f"{apath}: expected a JSON object with an 'annotations' list")
     by_id = {}
-    for n, a in enumerate(data["annotations"]):
+    for n, a in enumerate(_json_list(apath, "annotations")):
         where = f"{apath}, annotation {n}"
-        answers = [get_field(x, "answer", f"{where}, answer {k}") for k, x in enumerate(get_field(a, "answers", where, list))]
-        by_id[str(get_field(a, "question_id", where, (int, str)))] = (answers, get_field(a, "answer_type", where))
+        by_id[str(get_field(a, "question_id", where, (int, str)))] = (_answers(a, where), get_field(a, "answer_type", where))
     return by_id
 
 # %% ../nbs/01b_vqa.ipynb #3442cfa0
@@ -173,11 +177,8 @@ def load_vqav2(root:str|Path, # VQAv2 folder: the question and annotation files 
     answers, records = _vqav2_answers(apath), []
     if question_file is None:
         qpath = root / (questions or f"v2_OpenEnded_mscoco_{split}_questions.json")
-        data = read_benchmark_file(qpath, records=False)
-        if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
-            raise BenchmarkFormatError(f"{qpath}: expected a JSON object with a 'questions' list")
         rows = []
-        for n, q in enumerate(data["questions"]):
+        for n, q in enumerate(_json_list(qpath, "questions")):
             where = f"{qpath}, question {n}"
             rows.append((where, q, f"COCO_{split}_{get_field(q, 'image_id', where, int):012d}.jpg", get_field(q, "question", where)))
     else:
@@ -202,9 +203,8 @@ def load_vizwiz(root:str|Path, # VizWiz folder (LLaVA layout: `<split>.json` and
     apath, images, by_image = root / (annotations or f"{split}.json"), root / (image_dir or split), {}
     for where, item in read_benchmark_file(apath, lines=False):
         if "answers" not in item: raise BenchmarkFormatError(f"{where}: missing field 'answers'; {_TEST_SPLITS}")
-        answers = [get_field(x, "answer", f"{where}, answer {k}") for k, x in enumerate(get_field(item, "answers", where, list))]
         by_image[get_field(item, "image", where)] = dict(id=Path(item["image"]).stem, image=resolve_path(images, item["image"]),
-                                                       question=get_field(item, "question", where), answer=answers,
+                                                       question=get_field(item, "question", where), answer=_answers(item, where),
                                                        category=get_field(item, "answer_type", where))
     if question_file is None: return records_dataset("vqa", list(by_image.values()), str(apath))
     records = []
