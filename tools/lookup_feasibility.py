@@ -17,7 +17,6 @@ shape (the vision stage's idea), then freezes the tower.
 """
 import math, random, sys, time, torch, numpy as np, torch.nn.functional as F
 from transformers import LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig, Qwen2Config
-torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
 G, CELL = 4, 16; IMG = G * CELL
 COLS = {"red": (230, 40, 40), "green": (40, 180, 60), "blue": (40, 90, 245), "yellow": (245, 215, 30), "purple": (165, 60, 215), "orange": (250, 140, 20)}
 SH = ["circle", "square", "triangle", "diamond", "cross"]
@@ -28,10 +27,12 @@ REL = {"left": (-1, 0), "right": (1, 0), "above": (0, -1), "below": (0, 1)}
 WORDS = ["<pad>", "<img>", "colour", "shape", "?", "none", "is", "yes", "no"] + list(COLS) + SH + list(REL)
 V = {w: i for i, w in enumerate(WORDS)}
 def scene(rng):
+    "3-5 objects with distinct colours, shapes and cells: (colour, shape, col, row) tuples."
     n = rng.randint(3, 5)
     cols = rng.sample(list(COLS), n); shs = rng.sample(SH, n); cells = rng.sample(range(G*G), n)
     return [(c, s, k % G, k // G) for c, s, k in zip(cols, shs, cells)]
 def render(sc):
+    "The scene as a normalised 3 x 64 x 64 image."
     im = np.full((IMG, IMG, 3), 40, np.float32)
     for c, s, x, y in sc:
         m = MASK[s]; patch = im[y*CELL:(y+1)*CELL, x*CELL:(x+1)*CELL]; patch[m] = COLS[c]
@@ -50,6 +51,7 @@ def questions(sc, rng, kinds):
             if o and "rel" in kinds: qs.append(("rel", ["colour", rel, s], o[0], me + [o[3] * G + o[2]]))
     rng.shuffle(qs); return qs
 def batch(rng, B, kinds, nq=6):
+    "Token ids, answer labels, images, each token's question kind, and (query position, object cells) per question."
     ids, labs, pix, kind, tgt = [], [], [], [], []
     for _ in range(B):
         sc = scene(rng); qs = questions(sc, rng, kinds)[:nq]
@@ -75,6 +77,7 @@ def feats(m, P):
     f = getattr(f, "pooler_output", f)
     return torch.stack(list(f)) if isinstance(f, (list, tuple)) else f
 def pretrain_vision(m, rng, steps, B=64):
+    "Train tower + projector to classify each patch's colour and shape (accuracy printed on the last training batch), then freeze the tower."
     CI = {c: i + 1 for i, c in enumerate(COLS)}; SI = {s: i + 1 for i, s in enumerate(SH)}
     H = m.config.text_config.hidden_size; head = torch.nn.Linear(H, 7 + 6)
     ps = list(m.model.vision_tower.parameters()) + list(m.model.multi_modal_projector.parameters()) + list(head.parameters())
@@ -102,7 +105,7 @@ def run(kinds, steps, lr, layers=8, hidden=128, B=32, seed=0, nq=6, log=250, aw=
     t0 = time.time()
     for s in range(1, steps + 1):
         I, Lb, P, _, T = batch(rng, B, kinds, nq)
-        out = m(input_ids=I, pixel_values=P, attention_mask=(I != 0) | (I == V["<img>"]), output_attentions=aw > 0)
+        out = m(input_ids=I, pixel_values=P, attention_mask=I != 0, output_attentions=aw > 0)
         lg = out.logits[:, :-1]; loss = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), Lb[:, 1:].reshape(-1), ignore_index=-100)
         if aw > 0:
             A = torch.stack([out.attentions[i] for i in band]).mean((0, 2))[:, :, :16]  # B x q x 16
@@ -116,12 +119,13 @@ def run(kinds, steps, lr, layers=8, hidden=128, B=32, seed=0, nq=6, log=250, aw=
             acc = {}
             with torch.no_grad():
                 for I, Lb, P, K, _ in ev:
-                    pr = m(input_ids=I, pixel_values=P, attention_mask=(I != 0) | (I == V["<img>"])).logits[:, :-1].argmax(-1)
+                    pr = m(input_ids=I, pixel_values=P, attention_mask=I != 0).logits[:, :-1].argmax(-1)
                     for b in range(I.shape[0]):
                         for j in range(1, I.shape[1]):
                             if K[b][j]: acc.setdefault(K[b][j], []).append(int(pr[b, j-1] == I[b, j]))
             print(f"step {s} loss {loss.item():.3f} " + (f"att {aloss.item():.2f} " if aw > 0 else "") + " ".join(f"{k} {np.mean(v):.2f}" for k, v in acc.items()) + f" t {time.time()-t0:.0f}s", flush=True)
     return m
 if __name__ == "__main__":
+    torch.set_num_threads(int(sys.argv[1]))
     kinds = sys.argv[2].split(","); steps = int(sys.argv[3]); lr = float(sys.argv[4]); layers = int(sys.argv[5]) if len(sys.argv) > 5 else 8
     run(kinds, steps, lr, layers, aw=float(sys.argv[6]) if len(sys.argv) > 6 else 0.0, band=tuple(range(layers//4, 3*layers//4)), vis=int(sys.argv[7]) if len(sys.argv) > 7 else 0)
