@@ -5,15 +5,21 @@ token per cell), 3-5 objects with distinct colours and shapes, several one-token
   col    "colour <shape> ?"        -> the colour of that shape        (one hop: find the named object)
   shape  "shape <colour> ?"        -> the shape of that colour        (one hop)
   rel    "colour <rel> <shape> ?"  -> colour of the neighbouring cell (two hops: find the object, then its neighbour)
+  ryn    "<col> <shape> <rel> <col> <shape> ?" -> yes/no: is the first object <rel> the second (anywhere on the grid)?
+  ryn1   "<col> <rel> <col> ?"     -> the same, each object named by its colour alone
+  lr2    "<col> <col> ?"           -> left/right: is the first object left or right of the second (columns differ)
+  wh     "<col> where ?"           -> left/right: which half of the grid that object is in (position read out directly)
+  abs    "<col> <side> ?"          -> yes/no: is that object in the left/right/top/bottom half of the grid?
 Accuracy is measured on 192 fixed held-out scenes every 250 steps.
 
-  python tools/lookup_feasibility.py THREADS KINDS STEPS LR LAYERS ATT_WEIGHT VISION_STEPS
+  python tools/lookup_feasibility.py THREADS KINDS STEPS LR LAYERS ATT_WEIGHT VISION_STEPS [pos|ord]
   python tools/lookup_feasibility.py 1 col,shape,rel 1500 1e-3 4 0 0     # everything from scratch
   python tools/lookup_feasibility.py 1 col,shape,rel 1500 1e-3 4 0 300   # tower + projector pre-trained per patch first
   python tools/lookup_feasibility.py 1 col,shape,rel 1500 1e-3 4 1.0 300 # ... and attention supervised onto the objects
 ATT_WEIGHT > 0 adds -log(share of the middle layers' attention, from the token before each answer, on the cells of the
 objects the question is about). VISION_STEPS > 0 first trains tower + projector to classify each patch's colour and
-shape (the vision stage's idea), then freezes the tower.
+shape (the vision stage's idea), then freezes the tower; `pos` adds per-patch row/column classification heads to
+that pre-training, `ord` adds regression heads for the patch's x and y (an ordinal code for where it is).
 """
 import math, random, sys, time, torch, numpy as np, torch.nn.functional as F
 from transformers import LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig, Qwen2Config
@@ -24,7 +30,7 @@ yy, xx = np.mgrid[0:CELL, 0:CELL] + .5 - CELL / 2; r = CELL * .4
 MASK = {"circle": xx**2 + yy**2 <= r*r, "square": np.maximum(abs(xx), abs(yy)) <= r * .8, "diamond": abs(xx) + abs(yy) <= r,
         "triangle": (yy <= r*.8) & (yy >= -r) & (abs(xx) <= (yy + r) / 1.8 * 1.0), "cross": (np.minimum(abs(xx), abs(yy)) <= r*.33) & (np.maximum(abs(xx), abs(yy)) <= r)}
 REL = {"left": (-1, 0), "right": (1, 0), "above": (0, -1), "below": (0, 1)}
-WORDS = ["<pad>", "<img>", "colour", "shape", "?", "none", "is", "yes", "no"] + list(COLS) + SH + list(REL)
+WORDS = ["<pad>", "<img>", "colour", "shape", "?", "none", "is", "yes", "no", "where"] + list(COLS) + SH + list(REL)
 V = {w: i for i, w in enumerate(WORDS)}
 def scene(rng):
     "3-5 objects with distinct colours, shapes and cells: (colour, shape, col, row) tuples."
@@ -49,6 +55,18 @@ def questions(sc, rng, kinds):
         for rel, (dx, dy) in REL.items():
             o = at(sc, x + dx, y + dy)
             if o and "rel" in kinds: qs.append(("rel", ["colour", rel, s], o[0], me + [o[3] * G + o[2]]))
+        for o in sc:
+            if o[2:] == (x, y) or not {"ryn", "ryn1", "lr2"} & set(kinds): continue
+            holds = [r for r, (dx, dy) in REL.items() if (dx and (o[2] - x) * dx > 0) or (dy and (o[3] - y) * dy > 0)]
+            ans = rng.choice(["yes", "no"]); rel = rng.choice(holds if ans == "yes" else [r for r in REL if r not in holds])
+            if "ryn" in kinds: qs.append(("ryn", [o[0], o[1], rel, c, s], ans, me + [o[3] * G + o[2]]))
+            if "lr2" in kinds and o[2] != x: qs.append(("lr2", [o[0], c], "left" if o[2] < x else "right", me + [o[3] * G + o[2]]))
+            if "ryn1" in kinds: qs.append(("ryn1", [o[0], rel, c], ans, me + [o[3] * G + o[2]]))
+        if "wh" in kinds: qs.append(("wh", [c, "where"], "left" if x < G // 2 else "right", me))
+        if "abs" in kinds:
+            side = {"left": x < G // 2, "right": x >= G // 2, "above": y < G // 2, "below": y >= G // 2}
+            ans = rng.choice(["yes", "no"]); rel = rng.choice([r for r, ok in side.items() if ok == (ans == "yes")])
+            qs.append(("abs", [c, rel], ans, me))
     rng.shuffle(qs); return qs
 def batch(rng, B, kinds, nq=6):
     "Token ids, answer labels, images, each token's question kind, and (query position, object cells) per question."
@@ -76,10 +94,11 @@ def feats(m, P):
     f = m.model.get_image_features(pixel_values=P)
     f = getattr(f, "pooler_output", f)
     return torch.stack(list(f)) if isinstance(f, (list, tuple)) else f
-def pretrain_vision(m, rng, steps, B=64):
-    "Train tower + projector to classify each patch's colour and shape (accuracy printed on the last training batch), then freeze the tower."
+def pretrain_vision(m, rng, steps, B=64, pos=""):
+    "Train tower + projector to classify each patch's colour and shape (`pos`: also its row and column; `ord`: regress its x and y), print the accuracy on the last batch, freeze the tower."
     CI = {c: i + 1 for i, c in enumerate(COLS)}; SI = {s: i + 1 for i, s in enumerate(SH)}
-    H = m.config.text_config.hidden_size; head = torch.nn.Linear(H, 7 + 6)
+    H = m.config.text_config.hidden_size; head = torch.nn.Linear(H, 7 + 6 + 2 * G + 2)
+    where = torch.arange(G * G); xy = torch.stack([where % G, where // G]).float() / (G - 1) * 2 - 1
     ps = list(m.model.vision_tower.parameters()) + list(m.model.multi_modal_projector.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(ps, lr=3e-3)
     for s in range(steps):
@@ -89,16 +108,20 @@ def pretrain_vision(m, rng, steps, B=64):
             for c, sh, x, y in sc: yc[b, y * G + x] = CI[c]; ys[b, y * G + x] = SI[sh]
         f = feats(m, P)
         o = head(f.reshape(B, 16, H))
-        loss = F.cross_entropy(o[..., :7].reshape(-1, 7), yc.reshape(-1)) + F.cross_entropy(o[..., 7:].reshape(-1, 6), ys.reshape(-1))
+        loss = F.cross_entropy(o[..., :7].reshape(-1, 7), yc.reshape(-1)) + F.cross_entropy(o[..., 7:13].reshape(-1, 6), ys.reshape(-1))
+        if pos == "pos": loss = loss + F.cross_entropy(o[..., 13:13+G].reshape(-1, G), (where % G).repeat(B)) + F.cross_entropy(o[..., 13+G:13+2*G].reshape(-1, G), (where // G).repeat(B))
+        if pos == "ord": loss = loss + F.mse_loss(o[..., -2], xy[0].expand(B, -1)) + F.mse_loss(o[..., -1], xy[1].expand(B, -1))
         opt.zero_grad(); loss.backward(); opt.step()
-    acc_c = (o[..., :7].argmax(-1) == yc).float().mean().item(); acc_s = (o[..., 7:].argmax(-1) == ys).float().mean().item()
-    print(f"vision pretrain {steps} steps: loss {loss.item():.3f} colour acc {acc_c:.3f} shape acc {acc_s:.3f}", flush=True)
+    acc_c = (o[..., :7].argmax(-1) == yc).float().mean().item(); acc_s = (o[..., 7:13].argmax(-1) == ys).float().mean().item()
+    acc_p = ((o[..., 13:13+G].argmax(-1) == where % G) & (o[..., 13+G:13+2*G].argmax(-1) == where // G)).float().mean().item()
+    err = (o[..., -2:] - xy.T).abs().mean().item()
+    print(f"vision pretrain {steps} steps: loss {loss.item():.3f} colour acc {acc_c:.3f} shape acc {acc_s:.3f}" + {"pos": f" cell acc {acc_p:.3f}", "ord": f" |xy error| {err:.3f}"}.get(pos, ""), flush=True)
     for p in m.model.vision_tower.parameters(): p.requires_grad_(False)
-def run(kinds, steps, lr, layers=8, hidden=128, B=32, seed=0, nq=6, log=250, aw=0.0, band=(1, 2), vis=0):
+def run(kinds, steps, lr, layers=8, hidden=128, B=32, seed=0, nq=6, log=250, aw=0.0, band=(1, 2), vis=0, pos=""):
     m = model(layers, hidden, seed)
     rng = random.Random(seed); erng = random.Random(1234)
     if aw > 0: m.set_attn_implementation('eager')
-    if vis: pretrain_vision(m, rng, vis)
+    if vis: pretrain_vision(m, rng, vis, pos=pos)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s+1) / (0.05*steps)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     ev = [batch(erng, 64, kinds, nq) for _ in range(3)]
@@ -128,4 +151,5 @@ def run(kinds, steps, lr, layers=8, hidden=128, B=32, seed=0, nq=6, log=250, aw=
 if __name__ == "__main__":
     torch.set_num_threads(int(sys.argv[1]))
     kinds = sys.argv[2].split(","); steps = int(sys.argv[3]); lr = float(sys.argv[4]); layers = int(sys.argv[5]) if len(sys.argv) > 5 else 8
-    run(kinds, steps, lr, layers, aw=float(sys.argv[6]) if len(sys.argv) > 6 else 0.0, band=tuple(range(layers//4, 3*layers//4)), vis=int(sys.argv[7]) if len(sys.argv) > 7 else 0)
+    run(kinds, steps, lr, layers, aw=float(sys.argv[6]) if len(sys.argv) > 6 else 0.0, band=tuple(range(layers//4, 3*layers//4)), vis=int(sys.argv[7]) if len(sys.argv) > 7 else 0,
+        pos=sys.argv[8] if len(sys.argv) > 8 else "")
