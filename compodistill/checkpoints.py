@@ -18,7 +18,6 @@ from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelFo
                           AutoTokenizer, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast,
                           SiglipImageProcessorPil, Trainer)
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
-from transformers.trainer_utils import rotate_checkpoints
 from transformers.utils import logging as hf_logging
 
 from .models import (CompoDistillLlavaConfig, CompoDistillLlavaForConditionalGeneration, PairPreset,
@@ -27,8 +26,9 @@ from .models import (CompoDistillLlavaConfig, CompoDistillLlavaForConditionalGen
 # %% auto #0
 __all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'CHOICE_PROMPT', 'MATCH_PROMPT', 'SPECIAL_TOKENS', 'IMAGE_TOKEN', 'CHECKPOINT_FILES',
            'COMPLETE', 'split_words', 'word_tokenizer', 'make_processor', 'add_image_token', 'safetensors_only',
-           'assemble_llava', 'foreign_files', 'save_llava', 'load_llava', 'save_random_parts',
-           'last_complete_checkpoint', 'CheckpointingTrainer']
+           'assemble_llava', 'foreign_files', 'save_llava', 'load_llava_weights', 'load_llava', 'save_random_parts',
+           'last_complete_checkpoint', 'remove_checkpoint', 'drop_unfinished_checkpoints', 'keep_newest_checkpoints',
+           'CheckpointingTrainer']
 
 # %% ../nbs/00a_checkpoints.ipynb #9f153ac7
 SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
@@ -215,12 +215,18 @@ def _load_own_projector(model, path:Path):
     model.model.multi_modal_projector = proj.to(device=old.device, dtype=old.dtype)
 
 # %% ../nbs/00a_checkpoints.ipynb #45b9151d
-def load_llava(path:str|Path, # a checkpoint directory written by `save_llava` (or any HF LLaVA checkpoint)
-               dtype:torch.dtype|None=None, # dtype to load in (default: as saved)
-               attn_implementation:str="sdpa", # attention kernel
-               device_map=None, # passed to `from_pretrained`
-              ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    "Load a LLaVA model (plain, TAF, or `compodistill_llava`) and its processor from a checkpoint directory."
+def _misfits(info:dict, own_projector:bool) -> list[str]:
+    "The checkpoint keys `from_pretrained` reported as missing, unexpected or mis-shaped (an own projector is loaded, strictly, after)."
+    found = [(what, k[0] if isinstance(k, tuple) else k) for what, key in
+             (("missing", "missing_keys"), ("unexpected", "unexpected_keys"), ("mis-shaped", "mismatched_keys")) for k in info[key]]
+    return sorted(f"{what} {k}" for what, k in found if not (own_projector and "multi_modal_projector." in k))
+
+def load_llava_weights(path:str|Path, # a checkpoint directory: `save_llava`'s, a Trainer checkpoint of one, or any HF LLaVA checkpoint
+                       dtype:torch.dtype|None=None, # dtype to load in (default: as saved)
+                       attn_implementation:str="sdpa", # attention kernel
+                       device_map=None, # passed to `from_pretrained`
+                      ) -> tuple[LlavaForConditionalGeneration, list[str]]:
+    "Load a LLaVA model (plain, TAF, or `compodistill_llava`) without its processor, and the checkpoint's keys that did not fit it."
     path = Path(path)
     if (path / "model" / "config.json").is_file():  # a stage folder: its own config.json records the run's settings
         raise FileNotFoundError(f"{path} is a stage's output folder: its checkpoint is {path / 'model'}")
@@ -230,20 +236,30 @@ def load_llava(path:str|Path, # a checkpoint directory written by `save_llava` (
     config = AutoConfig.from_pretrained(path)
     kind, dtype = config.model_type, dtype if dtype is not None else "auto"
     if kind == CompoDistillLlavaConfig.model_type:  # an exported student with a projector of its own width (06_taf)
-        model = CompoDistillLlavaForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn_implementation, device_map=device_map, use_safetensors=True)
-        return model.eval(), AutoProcessor.from_pretrained(path)
+        model, info = CompoDistillLlavaForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn_implementation, device_map=device_map, use_safetensors=True,
+            output_loading_info=True)
+        return model.eval(), _misfits(info, False)
     if kind != "llava":
         raise ValueError(f"{path}/config.json: model_type is {kind!r}, expected 'llava' or {CompoDistillLlavaConfig.model_type!r}")
     own_projector = getattr(config, "projector_intermediate_size", None) is not None  # TAF / folded TAF (06_taf)
     verbosity = hf_logging.get_verbosity()
     if own_projector: hf_logging.set_verbosity_error()  # its shapes differ from LLaVA's own on purpose
-    try: model = LlavaForConditionalGeneration.from_pretrained(
-        path, dtype=dtype, attn_implementation=attn_implementation,
-        device_map=device_map, ignore_mismatched_sizes=own_projector, use_safetensors=True)
+    try: model, info = LlavaForConditionalGeneration.from_pretrained(
+        path, dtype=dtype, attn_implementation=attn_implementation, device_map=device_map,
+        ignore_mismatched_sizes=own_projector, use_safetensors=True, output_loading_info=True)
     finally: hf_logging.set_verbosity(verbosity)
     if own_projector: _load_own_projector(model, path)
-    return model.eval(), AutoProcessor.from_pretrained(path)
+    return model.eval(), _misfits(info, own_projector)
+
+def load_llava(path:str|Path, # a checkpoint directory written by `save_llava` (or any HF LLaVA checkpoint)
+               dtype:torch.dtype|None=None, # dtype to load in (default: as saved)
+               attn_implementation:str="sdpa", # attention kernel
+               device_map=None, # passed to `from_pretrained`
+              ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    "Load a LLaVA model (plain, TAF, or `compodistill_llava`) and its processor from a checkpoint directory."
+    model, _ = load_llava_weights(path, dtype, attn_implementation, device_map)
+    return model, AutoProcessor.from_pretrained(path)
 
 # %% ../nbs/00a_checkpoints.ipynb #b371ca85
 def save_random_parts(root:str|Path, # directory to write `llm/` and `vision/` into
@@ -267,14 +283,42 @@ def save_random_parts(root:str|Path, # directory to write `llm/` and `vision/` i
 # %% ../nbs/00a_checkpoints.ipynb #929edbcc
 COMPLETE = "COMPLETE"
 
+def _checkpoints(output_dir:str|Path) -> dict[int, Path]:
+    "The `checkpoint-N` folders of a run's output directory, by step."
+    return {int(p.name[11:]): p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()}
+
 def last_complete_checkpoint(output_dir:str|Path, # a run's output directory
                             ) -> str|None:
     "The newest `checkpoint-N` folder that was completely written, or None."
-    done = [p for p in Path(output_dir).glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name[11:].isdigit()]
-    return str(max(done, key=lambda p: int(p.name[11:]))) if done else None
+    done = [step for step, p in _checkpoints(output_dir).items() if (p / COMPLETE).is_file()]
+    return str(_checkpoints(output_dir)[max(done)]) if done else None
+
+def remove_checkpoint(path:str|Path, # a `checkpoint-N` folder
+                     ):
+    "Delete a checkpoint, its `COMPLETE` marker first: a kill midway leaves an unmarked folder, never a resumable half."
+    (Path(path) / COMPLETE).unlink(missing_ok=True)
+    shutil.rmtree(path)
+
+def drop_unfinished_checkpoints(output_dir:str|Path, # a run's output directory
+                               ) -> list[str]:
+    "Delete the checkpoints a kill cut short (no `COMPLETE`: killed while saved or while deleted); return their names."
+    cut = sorted((p for p in _checkpoints(output_dir).values() if not (p / COMPLETE).is_file()), key=lambda p: p.name)
+    for p in cut: shutil.rmtree(p)
+    return [p.name for p in cut]
+
+def keep_newest_checkpoints(output_dir:str|Path, # a run's output directory
+                            limit:int|None, # complete checkpoints to keep (None or 0: all)
+                            protect:str|None=None, # a checkpoint never deleted (the Trainer's best model)
+                           ):
+    "Delete the oldest complete checkpoints beyond `limit`, each unmarked before its files go."
+    if not limit: return
+    done = sorted(s for s, p in _checkpoints(output_dir).items() if (p / COMPLETE).is_file())
+    for step in done[:-limit]:
+        path = _checkpoints(output_dir)[step]
+        if protect is None or Path(protect).resolve() != path.resolve(): remove_checkpoint(path)
 
 class CheckpointingTrainer(Trainer):
-    "A Trainer whose checkpoints end with a `COMPLETE` marker, so that resuming never starts from a partial one."
+    "A Trainer whose checkpoints end with a `COMPLETE` marker and whose resume restores a LLaVA model's every weight."
     def _save_checkpoint(self, model, trial):
         "Save a Trainer checkpoint, mark it complete, and only then drop checkpoints beyond `save_total_limit`."
         limit, self.args.save_total_limit = self.args.save_total_limit, None  # the Trainer would rotate before the marker
@@ -283,7 +327,18 @@ class CheckpointingTrainer(Trainer):
         run = self._get_output_dir(trial=trial)
         if not self.args.should_save: return
         (Path(run) / f"checkpoint-{self.state.global_step}" / COMPLETE).write_text(json.dumps({"step": self.state.global_step}))
-        rotate_checkpoints(run, limit, self.state.best_model_checkpoint, use_mtime=True)
+        keep_newest_checkpoints(run, limit, self.state.best_model_checkpoint)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        "Load a checkpoint's weights; a LLaVA model's by the key mapping `save_pretrained` wrote them with, every key required."
+        model = self.model if model is None else model
+        if not isinstance(model, LlavaForConditionalGeneration) or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # LoRA adapters, the vision probe, FSDP
+        saved, misfits = load_llava_weights(resume_from_checkpoint)
+        if misfits: raise ValueError(f"{resume_from_checkpoint}: its weights do not fit the model this run trains "
+                                     f"({', '.join(misfits[:3])}{', ...' if len(misfits) > 3 else ''}); delete it to "
+                                     "resume from an earlier checkpoint, or restart the stage")
+        model.load_state_dict(saved.state_dict())  # strict: the same architecture, so every tensor is replaced
 
     def _run_epoch(self, *args, **kwargs):
         "Run an epoch unless the run already reached `max_steps` (resumed from its last checkpoint: nothing left to train)."

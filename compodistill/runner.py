@@ -16,7 +16,7 @@ import yaml
 from peft import PeftModel
 from transformers import HfArgumentParser, TrainingArguments
 
-from .checkpoints import last_complete_checkpoint, load_llava, save_llava
+from .checkpoints import drop_unfinished_checkpoints, last_complete_checkpoint, load_llava, save_llava
 from .data import ConversationDataset, DataCollator
 from .models import check_compatible
 from .objective import DistillationLoss
@@ -205,6 +205,16 @@ def _start_over(out:Path):
         if p.is_dir(): shutil.rmtree(p)
     for name in (STAGE_DONE, "config.json"): (out / name).unlink(missing_ok=True)
 
+def _resume_point(trainer, out:Path, name:str) -> str|None:
+    "The checkpoint to resume from, once the ones a kill cut short are gone; a resumed run says so in one line."
+    if trainer.is_world_process_zero(): drop_unfinished_checkpoints(out)
+    trainer.accelerator.wait_for_everyone()
+    resume = last_complete_checkpoint(out)
+    if resume and trainer.is_world_process_zero():
+        step, total = int(Path(resume).name[11:]), trainer.args.max_steps
+        print(f"stage {name}: resuming from {Path(resume).name} (step {step}" + (f" of {total})" if total > 0 else ")"))
+    return resume
+
 def run_stage(cfg:StageConfig, # what to train
               args:TrainingArguments, # how to train it (output_dir, optimisation, checkpointing)
              ) -> Path:
@@ -226,7 +236,7 @@ def run_stage(cfg:StageConfig, # what to train
         print(f"stage {cfg.stage}: {len(data)} samples, global batch {world}, trains {r.trains}"
               + (f", VAT {matching}" if matching else ""))
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(out))
+    trainer.train(resume_from_checkpoint=_resume_point(trainer, out, cfg.stage))
     model = trained_student(trainer, run.model, run.rebuild)
     if trainer.is_world_process_zero():
         save_llava(model, run.processor, out / "model")

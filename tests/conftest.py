@@ -24,6 +24,11 @@ def tok():
 def toy_world(tok):
     """A function writing, under a folder, a LLaVA-format colour-question file, a tiny teacher and student, and
     returning stage settings (data, teacher, small LoRA, a few CPU steps) for `parse_stage_config`."""
+    return toy_world_writer(tok)
+
+
+def toy_world_writer(tok):
+    "The `toy_world` fixture's function, for fixtures of a wider scope."
     def write(root, n=24):
         import json
 
