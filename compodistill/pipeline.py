@@ -14,11 +14,13 @@ import yaml
 from .checkpoints import assemble_llava, load_llava, make_processor, save_llava, word_tokenizer
 from .corpus import write_world
 from .models import build_pair
-from .runner import STAGE_DONE, StageConfig, changed_settings, parse_stage_config, run_stage, typed_values
+from .runner import (STAGE_DONE, StageConfig, changed_inputs, changed_settings, input_identities, parse_stage_config,
+                                 run_stage, typed_values, weights_sha256)
 
 # %% auto #0
-__all__ = ['Pipeline', 'stage_dir', 'init_dir', 'resolve', 'stage_values', 'stage_order', 'build_init', 'prepare_world',
-           'copy_vision', 'check_stage', 'run_pipeline', 'pipeline_path', 'launch_commands']
+__all__ = ['Pipeline', 'stage_dir', 'init_dir', 'resolve', 'stage_values', 'stage_deps', 'stage_order', 'build_init',
+           'prepare_world', 'copy_vision', 'check_stage', 'stale_reason', 'run_pipeline', 'pipeline_path',
+           'launch_commands']
 
 # %% ../nbs/08e_pipeline.ipynb #1fbe0799
 @dataclass
@@ -92,11 +94,16 @@ def stage_values(pipe:Pipeline, # the pipeline
     return {**resolved, "output_dir": str(stage_dir(pipe, name))}
 
 # %% ../nbs/08e_pipeline.ipynb #9f469957
+def stage_deps(pipe:Pipeline, # the pipeline
+              ) -> dict[str, set]:
+    "For each stage, the stages whose models it references."
+    return {n: {v[1:].partition("/")[0] for v in c.values() if isinstance(v, str) and v.startswith("@")} & set(pipe.stages)
+            for n, c in pipe.stages.items()}
+
 def stage_order(pipe:Pipeline, # the pipeline
                ) -> list[str]:
     "Stage names, each after the stages it references, otherwise in file order."
-    deps = {n: {v[1:].partition("/")[0] for v in c.values() if isinstance(v, str) and v.startswith("@")} & set(pipe.stages)
-            for n, c in pipe.stages.items()}
+    deps = stage_deps(pipe)
     order = []
     while len(order) < len(deps):
         ready = [n for n in deps if n not in order and deps[n] <= set(order)]
@@ -154,8 +161,10 @@ def copy_vision(source:str|Path, # checkpoint whose vision tower to take
     src, _ = load_llava(source)
     model, processor = load_llava(target)
     model.model.vision_tower.load_state_dict(src.model.vision_tower.state_dict())
+    inputs = input_identities({"copy_vision_from": source, "model": target})
     path = save_llava(model, processor, Path(out) / "model")
-    (Path(out) / STAGE_DONE).write_text(json.dumps(dict(stage="copy_vision", source=str(source), target=str(target))))
+    (Path(out) / STAGE_DONE).write_text(json.dumps(dict(stage="copy_vision", source=str(source), target=str(target),
+                                                        inputs=inputs, model_sha256=weights_sha256(path))))
     return path
 
 # %% ../nbs/08e_pipeline.ipynb #2de5366c
@@ -181,6 +190,18 @@ def check_stage(pipe:Pipeline, # the pipeline
                          + f"; remove {stage_dir(pipe, name)} to train it again with them")
 
 # %% ../nbs/08e_pipeline.ipynb #17b5e8f0
+def stale_reason(pipe:Pipeline, # the pipeline
+                 name:str, # a finished stage
+                 status:list, # (stage, state) of the stages before it in this run
+                ) -> str|None:
+    "Why a finished stage must train again: an upstream stage (re)runs, or its inputs changed; None if it is current."
+    out = stage_dir(pipe, name)
+    if not (out / STAGE_DONE).is_file(): return None
+    if rerun := sorted(stage_deps(pipe)[name] & {n for n, s in status if s in ("ran", "would run")}):
+        return f"built on {', '.join(rerun)}, which trains again"
+    changed = changed_inputs(out, input_identities(stage_values(pipe, name)))
+    return f"its inputs changed ({'; '.join(changed)})" if changed else None
+
 def run_pipeline(pipe:Pipeline, # the pipeline
                  only=None, # stage names to run (default: all, in order)
                  dry_run:bool=False, # only report what would run
@@ -194,11 +215,13 @@ def run_pipeline(pipe:Pipeline, # the pipeline
     status = []
     for name in order:
         if only and name not in only: continue
-        if (stage_dir(pipe, name) / STAGE_DONE).is_file(): status.append((name, "done")); continue
+        done, why = (stage_dir(pipe, name) / STAGE_DONE).is_file(), stale_reason(pipe, name, status)
+        if done and not why: status.append((name, "done")); continue
         if dry_run: status.append((name, "would run")); continue
+        if why: print(f"stage {name}: {why}; training it again")
         values = stage_values(pipe, name)
         if "copy_vision_from" in values: copy_vision(values["copy_vision_from"], values["model"], values["output_dir"])
-        else: run_stage(*parse_stage_config(None, **values))
+        else: run_stage(*parse_stage_config(None, **{**values, **({"restart": True} if why else {})}))
         status.append((name, "ran"))
     return status
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import time
@@ -27,8 +28,9 @@ from .vat import LayerMatching, band_matching, official_matching, report_matchin
 from .vision import vision_run
 
 # %% auto #0
-__all__ = ['STAGE_DONE', 'RUN_ONLY', 'Resolved', 'StageConfig', 'check_inputs', 'typed_values', 'parse_stage_config',
-           'recorded_settings', 'changed_settings', 'whole_run_loss', 'run_stage']
+__all__ = ['STAGE_DONE', 'MODEL_INPUTS', 'FILE_INPUTS', 'RUN_ONLY', 'Resolved', 'StageConfig', 'check_inputs', 'typed_values',
+           'parse_stage_config', 'file_sha256', 'weights_sha256', 'model_identity', 'input_identities',
+           'changed_inputs', 'recorded_settings', 'changed_settings', 'whole_run_loss', 'run_stage']
 
 # %% ../nbs/08d_runner.ipynb #923ddf0f
 @dataclass(frozen=True)
@@ -146,9 +148,50 @@ def parse_stage_config(path:str|Path|None=None, # YAML file with StageConfig and
     try: return HfArgumentParser((StageConfig, TrainingArguments)).parse_dict(data)
     except ValueError as e: raise ValueError(f"{where}: {e}") from None
 
-# %% ../nbs/08d_runner.ipynb #025b9757
+# %% ../nbs/08d_runner.ipynb #5a1d0c3e
 STAGE_DONE = "stage.json"
+MODEL_INPUTS, FILE_INPUTS = ("model", "teacher", "copy_vision_from"), ("data",)  # a stage's input keys, by kind
 
+def file_sha256(path:str|Path, # a file
+               ) -> str:
+    "The SHA-256 of a file's bytes."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
+def weights_sha256(path:str|Path, # a checkpoint directory
+                  ) -> str:
+    "One SHA-256 over a checkpoint's weights files (names and bytes)."
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")): h.update(f"{f.name}:{file_sha256(f)}".encode())
+    return h.hexdigest()
+
+def model_identity(path:str|Path, # a checkpoint directory
+                  ) -> str:
+    "A checkpoint's identity: the hash its stage recorded when it saved it, else the hash of its weights files."
+    path, done = Path(path), Path(path).parent / STAGE_DONE
+    if path.name == "model" and done.is_file() and (sha := json.loads(done.read_text()).get("model_sha256")): return sha
+    return weights_sha256(path)
+
+def input_identities(values:dict, # a stage's resolved settings (only its input keys are read)
+                    ) -> dict:
+    "`{key: {path, sha256}}` for the models and data files a stage is trained from."
+    ident = lambda k, v: model_identity(v) if k in MODEL_INPUTS else file_sha256(v)
+    return {k: {"path": str(v), "sha256": ident(k, v)} for k, v in values.items() if k in MODEL_INPUTS + FILE_INPUTS and v}
+
+def changed_inputs(out:str|Path, # a stage's output folder
+                   inputs:dict, # `input_identities` of the stage as it would run now
+                  ) -> list[str]:
+    "What changed among the inputs since the folder's run started (its `stage.json`, else `config.json`): one phrase each."
+    record = next((Path(out) / n for n in (STAGE_DONE, "config.json") if (Path(out) / n).is_file()), None)
+    if record is None: return []
+    old = json.loads(record.read_text()).get("inputs")
+    if old is None: return ["no record of its inputs (written by an older compodistill)"]
+    return [f"{k} {v['path']} changed" if k in old else f"{k} {v['path']} is new"
+            for k, v in inputs.items() if old.get(k, {}).get("sha256") != v["sha256"]]
+
+# %% ../nbs/08d_runner.ipynb #025b9757
 def _distillation_run(cfg:StageConfig, args:TrainingArguments, r:Resolved) -> StageRun:
     "A distillation stage's `DistillationTrainer` with the set-up student, processor, data and a rebuild of the set-up student."
     def load():
@@ -221,12 +264,15 @@ def run_stage(cfg:StageConfig, # what to train
     "Train one stage (resuming if interrupted) and write its model to `<output_dir>/model`; return that path."
     r, out = check_inputs(cfg), Path(args.output_dir)
     if cfg.restart: _start_over(out)
-    if changed := changed_settings(out, {**asdict(cfg), **args.to_dict()}):
-        raise ValueError(f"{out} holds a run of this stage with other settings (recorded → now): "
-                         + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items())
-                         + "; use another output_dir, or restart=true to train it again from the start")
+    inputs, again = input_identities(asdict(cfg)), "use another output_dir, or restart=true to train it again from the start"
+    if (out / STAGE_DONE).is_file() or last_complete_checkpoint(out):  # else nothing was trained: its records are replaced
+        if changed := changed_settings(out, {**asdict(cfg), **args.to_dict()}):
+            raise ValueError(f"{out} holds a run of this stage with other settings (recorded → now): "
+                             + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()) + f"; {again}")
+        if changed := changed_inputs(out, inputs):
+            raise ValueError(f"{out} holds a run of this stage on other inputs ({'; '.join(changed)}); {again}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(recorded_settings(cfg, args), indent=1))
+    (out / "config.json").write_text(json.dumps({**recorded_settings(cfg, args), "inputs": inputs}, indent=1))
     run = vision_run(cfg, args) if cfg.stage == "vision" else _distillation_run(cfg, args, r)
     trainer, data = run.trainer, run.data
     trainer.add_callback(DivergenceGuard(cfg.divergence_patience))
@@ -242,6 +288,7 @@ def run_stage(cfg:StageConfig, # what to train
         save_llava(model, run.processor, out / "model")
         logs = [l for l in trainer.state.log_history if "loss" in l]
         (out / STAGE_DONE).write_text(json.dumps(dict(
-            stage=cfg.stage, global_batch=world, steps=trainer.state.global_step, wall_s=round(time.time() - t0, 1),
+            stage=cfg.stage, inputs=inputs, model_sha256=weights_sha256(out / "model"),
+            global_batch=world, steps=trainer.state.global_step, wall_s=round(time.time() - t0, 1),
             train_loss=whole_run_loss(trainer.state.log_history), last_log=logs[-1] if logs else None, data_report=str(data.report)), indent=1))
     return out / "model"

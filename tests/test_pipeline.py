@@ -41,7 +41,7 @@ def test_pipeline_runs_in_dependency_order_skips_done_and_resumes(tmp_path, toy_
     for name in ("teacher", "dpt", "dft", "sft"): assert (tmp_path / "runs" / name / STAGE_DONE).is_file()
     import shutil
     shutil.rmtree(tmp_path / "runs" / "dft")
-    assert [n for n, s in run_pipeline(pipe) if s == "ran"] == ["dft"]        # only the missing stage runs again
+    assert [n for n, s in run_pipeline(pipe) if s == "ran"] == ["dft", "sft"]  # the missing stage and the one built on it
 
 
 def test_pipeline_checks_every_stage_before_any_work(tmp_path, toy_world):

@@ -1,6 +1,7 @@
 """Exact resume in every kill window of every stage type: the resumed run ends tensor-identical to an uninterrupted one."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,24 +114,70 @@ def test_a_checkpoint_whose_weights_do_not_fit_the_model_is_refused(setups, tmp_
         _run(settings, out)
 
 
-def test_a_pipeline_killed_in_a_full_weight_stage_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
+def _chain(tmp_path):
+    "A pipeline factory over the toy world: lm (full weights) -> dft (LoRA + TAF, distilled) -> sft, into <tmp>/<root>."
     import yaml
     from conftest import WORDS, toy_world_writer
-    from compodistill.pipeline import Pipeline, run_pipeline
+    from compodistill.pipeline import Pipeline
     common = {k: v for k, v in toy_world_writer(word_tokenizer(WORDS))(tmp_path).items() if k != "teacher"}
     (tmp_path / "vocab.json").write_text(json.dumps(WORDS))
     stages = {"lm": {"stage": "lm", "model": str(tmp_path / "student"), **common},
-              "dft": {"stage": "dft", "model": "@lm", "teacher": str(tmp_path / "teacher"), **common}}
-    def pipeline(root):
+              "dft": {"stage": "dft", "model": "@lm", "teacher": str(tmp_path / "teacher"), **common},
+              "sft": {"stage": "sft", "model": "@dft", **{k: v for k, v in common.items() if k != "matching"}}}
+    def pipeline(root, only=None):
         path = tmp_path / f"{root}.yaml"
         path.write_text(yaml.safe_dump({"root": str(tmp_path / root), "data_root": str(tmp_path),
-                                        "init": {"preset": "tiny", "vocab": str(tmp_path / "vocab.json")}, "stages": stages}))
+                                        "init": {"preset": "tiny", "vocab": str(tmp_path / "vocab.json")},
+                                        "stages": {n: s for n, s in stages.items() if not only or n in only}}))
         return Pipeline.from_yaml(path)
-    run_pipeline(pipeline("ref"))
+    return pipeline
+
+
+def test_a_pipeline_killed_in_a_full_weight_stage_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
+    from compodistill.pipeline import run_pipeline
+    pipeline = _chain(tmp_path)
+    stages = ("lm", "dft")
+    run_pipeline(pipeline("ref", stages))
     _kill(monkeypatch, "mid-step")
-    with pytest.raises(KeyboardInterrupt): run_pipeline(pipeline("run"))
+    with pytest.raises(KeyboardInterrupt): run_pipeline(pipeline("run", stages))
     monkeypatch.undo()
-    assert run_pipeline(pipeline("run")) == [("lm", "ran"), ("dft", "ran")]
+    assert run_pipeline(pipeline("run", stages)) == [("lm", "ran"), ("dft", "ran")]
     for stage in stages:
         ref = load_file(tmp_path / "ref" / stage / "model" / "model.safetensors")
         assert _differing(ref, tmp_path / "run" / stage / "model") == [], stage
+
+
+def test_a_retrained_stage_or_changed_data_reruns_exactly_the_stages_built_on_it(tmp_path, capsys):
+    from compodistill.pipeline import run_pipeline
+    pipeline = _chain(tmp_path)
+    assert run_pipeline(pipeline("run")) == [("lm", "ran"), ("dft", "ran"), ("sft", "ran")]
+    shutil.rmtree(tmp_path / "run" / "dft")                               # the user retrains dft
+    assert run_pipeline(pipeline("run"), dry_run=True) == [("lm", "done"), ("dft", "would run"), ("sft", "would run")]
+    capsys.readouterr()
+    assert run_pipeline(pipeline("run")) == [("lm", "done"), ("dft", "ran"), ("sft", "ran")]
+    assert "stage sft: built on dft, which trains again; training it again" in capsys.readouterr().out
+    assert run_pipeline(pipeline("run")) == [("lm", "done"), ("dft", "done"), ("sft", "done")]
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(json.loads(data.read_text())[:-1]))        # the data file is edited
+    assert run_pipeline(pipeline("run")) == [("lm", "ran"), ("dft", "ran"), ("sft", "ran")]
+    assert f"stage lm: its inputs changed (data {data} changed)" in capsys.readouterr().out
+
+
+def test_a_resume_on_changed_data_is_refused_and_a_run_that_trained_nothing_blocks_nothing(setups, tmp_path, monkeypatch):
+    settings, ref, _ = setups["full weights (lm)"]
+    data = tmp_path / "train.json"
+    shutil.copy(settings["data"], data)
+    settings = {**settings, "data": str(data), "image_folder": str(Path(settings["data"]).parent)}
+    _kill(monkeypatch, "mid-step")
+    with pytest.raises(KeyboardInterrupt): _run(settings, tmp_path / "run")
+    monkeypatch.undo()
+    data.write_text(json.dumps(json.loads(data.read_text())[:-1]))
+    with pytest.raises(ValueError, match=rf"on other inputs \(data {data} changed\); use another output_dir, or restart=true"):
+        _run(settings, tmp_path / "run")
+    def dies_at_once(self, *a, **k): raise KeyboardInterrupt("killed in step 1")
+    monkeypatch.setattr(checkpoints.CheckpointingTrainer, "training_step", dies_at_once, raising=False)
+    with pytest.raises(KeyboardInterrupt): _run({**settings, "learning_rate": 5e-2}, tmp_path / "fresh")
+    monkeypatch.undo()
+    assert (tmp_path / "fresh" / "config.json").is_file() and not list((tmp_path / "fresh").glob("checkpoint-*"))
+    done = json.loads((_run(settings, tmp_path / "fresh").parent / STAGE_DONE).read_text())   # corrected: not refused
+    assert done["steps"] == 4 and done["inputs"]["data"]["path"] == str(data)
