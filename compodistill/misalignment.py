@@ -196,7 +196,7 @@ def _item_rows(maps:torch.Tensor, items:list) -> tuple[torch.Tensor, torch.Tenso
     return rows, on
 
 # %% ../nbs/04_misalignment.ipynb #0a24fe40
-def object_attention_ratio(maps:torch.Tensor, # (..., batch, seq, N_v) visual attention of every position (a `queries="all"` capture)
+def object_attention_ratio(maps:torch.Tensor, # (..., batch, seq, N_v) visual attention of every position
                            items:list, # per sample, a list of (query position, object cell indices)
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     "The attention-to-object ratio averaged over the items, `(...)`, and of each item, `(..., n_items)`."
@@ -227,10 +227,13 @@ def plot_looking_profiles(teacher, # the teacher's ratio per layer, `(layers,)` 
     ax = ax or plt.subplots(figsize=(6, 3.6))[1]
     ax.axvspan(*band, color="0.9", label="paper's band")
     ax.axhline(1, color="0.5", ls="--", lw=1, label="uniform")
-    for name, r in {"teacher": teacher, **(students or {})}.items():
-        r = torch.as_tensor(r).detach().double().cpu()
+    curves = {name: torch.as_tensor(r).detach().double().cpu()
+              for name, r in {"teacher": teacher, **(students or {})}.items()}
+    for name, r in curves.items():
         ax.plot(relative_depth(len(r)), r, "o-", ms=4, lw=2.5 if name == "teacher" else 1.5, label=name)
-    ax.set_yscale("log"); ax.yaxis.set_major_formatter(plt.ScalarFormatter())
+    lo, hi = min(1, *(r.min() for r in curves.values())), max(1, *(r.max() for r in curves.values()))
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 4, 8, 16, 32) if lo / 1.5 <= t <= hi * 1.5]
+    ax.set_yscale("log"); ax.set_yticks(ticks, [f"{t:g}" for t in ticks]); ax.yaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel("relative depth of the layer"); ax.set_ylabel("attention-to-object ratio")
     ax.legend(fontsize=8); ax.set_title("where the model looks")
     return ax
