@@ -21,7 +21,8 @@ from .models import check_compatible
 
 # %% auto #0
 __all__ = ['MEASURES', 'attention_profiles', 'layer_similarity', 'depth_matched', 'analyze_attention', 'plot_depth_curves',
-           'plot_similarity_matrix', 'plot_attention_maps', 'read_records', 'analyze_checkpoints']
+           'plot_similarity_matrix', 'plot_attention_maps', 'object_attention_ratio', 'looking_profile',
+           'plot_looking_profiles', 'read_records', 'analyze_checkpoints']
 
 # %% ../nbs/04_misalignment.ipynb #412da17f
 def _text_queries(input_ids:torch.Tensor, attention_mask:torch.Tensor, key_positions:torch.Tensor) -> torch.Tensor:
@@ -172,6 +173,70 @@ def plot_attention_maps(teacher, # teacher LLaVA model
     for ax in axs: ax.axis("off")
     fig.suptitle(record["question"], fontsize=9); plt.tight_layout()
     return fig
+
+# %% ../nbs/04_misalignment.ipynb #f1fc7b8f
+def _item_rows(maps:torch.Tensor, items:list) -> tuple[torch.Tensor, torch.Tensor]:
+    "The items' query rows `(..., n_items, N_v)` and their object cells as a 0/1 mask `(n_items, N_v)`, checked."
+    batch, n_q, n_v = maps.shape[-3:]
+    if len(items) != batch: raise ValueError(f"items are given for {len(items)} samples, the maps hold {batch}")
+    where = [(i, j, int(pos), [int(c) for c in cells]) for i, s in enumerate(items) for j, (pos, cells) in enumerate(s)]
+    if not where: raise ValueError("no items: give each sample a list of (query position, object cells)")
+    on = torch.zeros(len(where), n_v, dtype=maps.dtype, device=maps.device)
+    for k, (i, j, pos, cells) in enumerate(where):
+        if not 0 <= pos < n_q: raise ValueError(f"sample {i}, item {j}: query position {pos} is outside 0..{n_q - 1}")
+        if not cells or min(cells) < 0 or max(cells) >= n_v:
+            raise ValueError(f"sample {i}, item {j}: object cells {cells} are not a non-empty subset of 0..{n_v - 1}")
+        on[k, cells] = 1
+    b, q = (torch.tensor([w[x] for w in where], device=maps.device) for x in (0, 2))
+    rows = maps[..., b, q, :]
+    blind = (rows.sum(-1) <= 0).reshape(-1, len(where)).any(0)
+    if blind.any():
+        i, j, pos, _ = where[int(blind.nonzero()[0])]
+        raise ValueError(f"sample {i}, item {j}: query position {pos} attends to no visual token (is it before the image?)")
+    return rows, on
+
+# %% ../nbs/04_misalignment.ipynb #0a24fe40
+def object_attention_ratio(maps:torch.Tensor, # (..., batch, seq, N_v) visual attention of every position
+                           items:list, # per sample, a list of (query position, object cell indices)
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    "The attention-to-object ratio averaged over the items, `(...)`, and of each item, `(..., n_items)`."
+    rows, on = _item_rows(maps, items)
+    share = (rows * on).sum(-1) / rows.sum(-1)  # renormalised over the visual keys
+    per_item = share / (on.sum(-1) / on.shape[-1])
+    return per_item.mean(-1), per_item
+
+# %% ../nbs/04_misalignment.ipynb #9310bf24
+@torch.no_grad()
+def looking_profile(model, # a LLaVA model
+                    batch:dict, # model inputs: input_ids, attention_mask, pixel_values
+                    items:list, # per sample, a list of (query position, object cell indices)
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    "The attention-to-object ratio of every LLM layer, `(layers,)`, and of every item, `(layers, n_items)`."
+    layers = range(len(model.model.language_model.layers))
+    with capture_visual_attention(model, batch["input_ids"], layers, queries="all") as cap: model(**batch)
+    if not cap.present.all(): raise ValueError("every sample of a looking profile needs an image")
+    return object_attention_ratio(cap.stack(), items)
+
+# %% ../nbs/04_misalignment.ipynb #602b0a5e
+def plot_looking_profiles(teacher, # the teacher's ratio per layer, `(layers,)` (`looking_profile`)
+                          students:dict|None=None, # name -> a student's ratio per layer
+                          band:tuple=(0.3, 0.7), # the paper's visual-understanding band, fractions of depth
+                          ax=None, # matplotlib axes (default: a new figure)
+                         ):
+    "Attention-to-object ratio per layer against relative depth: teacher and students, uniform level, paper's band."
+    ax = ax or plt.subplots(figsize=(6, 3.6))[1]
+    ax.axvspan(*band, color="0.9", label="paper's band")
+    ax.axhline(1, color="0.5", ls="--", lw=1, label="uniform")
+    curves = {name: torch.as_tensor(r).detach().double().cpu()
+              for name, r in {"teacher": teacher, **(students or {})}.items()}
+    for name, r in curves.items():
+        ax.plot(relative_depth(len(r)), r, "o-", ms=4, lw=2.5 if name == "teacher" else 1.5, label=name)
+    lo, hi = min(1, *(r.min() for r in curves.values())), max(1, *(r.max() for r in curves.values()))
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 4, 8, 16, 32) if lo / 1.5 <= t <= hi * 1.5]
+    ax.set_yscale("log"); ax.set_yticks(ticks, [f"{t:g}" for t in ticks]); ax.yaxis.set_minor_formatter(plt.NullFormatter())
+    ax.set_xlabel("relative depth of the layer"); ax.set_ylabel("attention-to-object ratio")
+    ax.legend(fontsize=8); ax.set_title("where the model looks")
+    return ax
 
 # %% ../nbs/04_misalignment.ipynb #6edc5c06
 def read_records(path:str|Path, # JSON array or JSONL file of records with "image" and "question"

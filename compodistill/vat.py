@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from .attention import capture_visual_attention, middle_band
+from .attention import capture_visual_attention, middle_band, relative_depth
 
 # %% auto #0
 __all__ = ['OFFICIAL_WINDOWS', 'OFFICIAL_K', 'LayerMatching', 'group_matching', 'official_matching', 'band_matching',
-           'simple_matching', 'adaptive_matching', 'report_matching', 'group_teacher_maps', 'outlier_filter',
-           'pool_over_queries', 'vat_pair_losses', 'vat_loss', 'reduce_pair_losses', 'TeacherTargets', 'PairLosses',
-           'vat_forward']
+           'simple_matching', 'adaptive_matching', 'report_matching', 'ratio_matching', 'group_teacher_maps',
+           'outlier_filter', 'pool_over_queries', 'vat_pair_losses', 'vat_loss', 'reduce_pair_losses', 'TeacherTargets',
+           'PairLosses', 'vat_forward']
 
 # %% ../nbs/05_vat.ipynb #7b911215
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class LayerMatching:
     "Student layers and, for each, the group of teacher layers whose averaged attention it is aligned with."
     student_layers: tuple  # the k student layers (0-based), in order
     teacher_groups: tuple  # k tuples of teacher layers (0-based), one per student layer
-    strategy: str = "group"  # how the groups were made: "group", "simple", "adaptive" or "official"
+    strategy: str = "group"  # how the groups were made: "group", "simple", "adaptive", "official" or "ratio"
 
     @property
     def teacher_layers(self) -> list[int]:
@@ -123,6 +123,21 @@ def report_matching(report:dict, # output of `misalignment.analyze_attention`
         raise ValueError(f"the best-matching teacher layers of {student}'s window span only {lo}..{hi}, fewer than its "
                          f"{len(window)} layers; use band_matching or a smaller k")
     return group_matching(t_window, window, report["teacher"]["layers"], s["layers"])
+
+# %% ../nbs/05_vat.ipynb #2da915cf
+def ratio_matching(teacher_ratios, # (teacher_depth,) the teacher's attention-to-object ratio per layer
+                   student_depth:int, # number of student LLM layers
+                   k:int=1, # consecutive teacher layers in the window
+                  ) -> LayerMatching:
+    "Group matching of the k consecutive teacher layers that look most at the objects with the student layers at their depth."
+    r = np.asarray(teacher_ratios, dtype=float)
+    if not 1 <= k <= len(r): raise ValueError(f"k must be between 1 and the teacher's {len(r)} layers, got {k}")
+    if not np.isfinite(r).all(): raise ValueError(f"the teacher's ratios must be finite numbers, got {r.tolist()}")
+    start = int(np.convolve(r, np.ones(k), "valid").argmax())
+    ends = relative_depth(len(r))[[start, start + k - 1]]
+    s0, s1 = np.abs(ends[:, None] - relative_depth(student_depth)[None]).argmin(1)
+    m = group_matching(range(start, start + k), range(s0, s1 + 1), len(r), student_depth)
+    return LayerMatching(m.student_layers, m.teacher_groups, "ratio")
 
 # %% ../nbs/05_vat.ipynb #d426c7c5
 def group_teacher_maps(teacher_maps:dict, # teacher layer -> map (batch, n_q, N_v), e.g. `VisualAttention.maps`
