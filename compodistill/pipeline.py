@@ -178,8 +178,10 @@ def check_stage(pipe:Pipeline, # the pipeline
         if extra: raise ValueError(f"{where}: copy_vision_from takes only model, got {sorted(extra)}")
         return
     typed, own = typed_values(values, where), {f.name for f in fields(StageConfig)}
-    try: StageConfig(**{k: v for k, v in typed.items() if k in own})
+    try: r = StageConfig(**{k: v for k, v in typed.items() if k in own}).resolved()
     except ValueError as e: raise ValueError(f"{where}: {e}") from None
+    if (r.kd_weight > 0 or r.vat_weight > 0) and not typed.get("teacher"):
+        raise ValueError(f"{where}: it distils (kd_weight {r.kd_weight:g}, vat_weight {r.vat_weight:g}) but names no teacher")
     for key in ("data", "image_folder"):  # inputs that no stage writes: a world this pipeline writes is under data_root
         path = Path(typed[key]) if typed.get(key) else None
         if path and not path.exists() and not (pipe.world and path.is_relative_to(pipe.data_root)):

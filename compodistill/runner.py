@@ -24,13 +24,13 @@ from .objective import DistillationLoss
 from .placement import trained_student, whole_weights
 from .stages import PARTS, STAGES, StageRun, setup_stage
 from .trainer import DistillationTrainer, DivergenceGuard
-from .vat import LayerMatching, band_matching, official_matching, report_matching
+from .vat import LayerMatching, band_matching, official_matching, ratio_matching, report_matching
 from .vision import vision_run
 
 # %% auto #0
-__all__ = ['STAGE_DONE', 'MODEL_INPUTS', 'FILE_INPUTS', 'RUN_ONLY', 'Resolved', 'StageConfig', 'check_inputs', 'typed_values',
-           'parse_stage_config', 'file_sha256', 'weights_sha256', 'model_identity', 'input_identities',
-           'changed_inputs', 'recorded_settings', 'changed_settings', 'whole_run_loss', 'run_stage']
+__all__ = ['MINIMA', 'STAGE_DONE', 'MODEL_INPUTS', 'FILE_INPUTS', 'RUN_ONLY', 'Resolved', 'StageConfig', 'check_inputs',
+           'typed_values', 'check_values', 'parse_stage_config', 'file_sha256', 'weights_sha256', 'model_identity',
+           'input_identities', 'changed_inputs', 'recorded_settings', 'changed_settings', 'whole_run_loss', 'run_stage']
 
 # %% ../nbs/08d_runner.ipynb #923ddf0f
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ class StageConfig:
     kd_weight: float | None = field(default=None, metadata={"help": "logit KD weight (default: 1 if the stage distils, else 0)"})
     vat_weight: float | None = field(default=None, metadata={"help": "VAT weight (default: 1 in dft, else 0)"})
     temperature: float = field(default=1.0, metadata={"help": "logit KD temperature"})
-    matching: str = field(default="official", metadata={"help": "official | band | report:<analysis report.json>:<student>"})
-    vat_k: int | None = field(default=None, metadata={"help": "student layers aligned by band/report matching (default: the whole band)"})
+    matching: str = field(default="official", metadata={"help": "official | band | report:<analysis report.json>:<student> | ratio:<JSON with the teacher's per-layer 'ratios'>"})
+    vat_k: int | None = field(default=None, metadata={"help": "layers aligned: student layers for band/report (default: the whole band), teacher layers in the window for ratio (default 1)"})
     vat_reduction: str = field(default="sum", metadata={"help": "sum (official code) | mean (paper's equation) over layer pairs"})
     also_train: list[str] = field(default_factory=list, metadata={"help": "parts trained besides the stage's: llm, vision, projector (small scale: nothing is pretrained)"})
     lora_r: int = field(default=128, metadata={"help": "LoRA rank"})
@@ -73,6 +73,8 @@ class StageConfig:
         if self.vat_reduction not in ("sum", "mean"): raise ValueError(f"vat_reduction must be sum or mean, got {self.vat_reduction!r}")
         bad = [p for p in self.also_train if p not in PARTS]
         if bad: raise ValueError(f"also_train: unknown parts {bad}; known: {', '.join(PARTS)}")
+        if self.matching not in ("official", "band") and not self.matching.startswith(("report:", "ratio:")):
+            raise ValueError(f"matching must be official, band, report:<path>:<student> or ratio:<path>, got {self.matching!r}")
 
     def resolved(self) -> Resolved:
         "The stage's switches with the stage defaults filled in."
@@ -93,7 +95,7 @@ def _matching(cfg:StageConfig, teacher, student) -> LayerMatching:
     if cfg.matching.startswith("report:"):
         path, _, name = cfg.matching[len("report:"):].rpartition(":")
         return report_matching(json.loads(Path(path).read_text()), name, cfg.vat_k)
-    raise ValueError(f"matching must be official, band or report:<path>:<student>, got {cfg.matching!r}")
+    return ratio_matching(json.loads(Path(cfg.matching[len("ratio:"):]).read_text())["ratios"], s, k=cfg.vat_k or 1)
 
 def _checkpoint(cfg:StageConfig, key:str) -> Path:
     "The checkpoint folder the stage's `key` (model or teacher) names, checked to exist, with a hint for a stage folder."
@@ -128,7 +130,29 @@ def typed_values(data:dict, # setting name -> value: strings are read by their f
     parser.set_defaults(**{k: v for k, v in data.items() if k not in strings})  # typed already (YAML, Python)
     try: parsed = vars(parser.parse_known_args([f"--{k}={v}" for k, v in strings.items()])[0])
     except argparse.ArgumentError as e: raise ValueError(f"{where}: {e}") from None
-    return {k: parsed[k] for k in data}
+    typed = {k: parsed[k] for k in data}
+    check_values(typed, {k: known[k] for k in data}, where)
+    return typed
+
+MINIMA = {"per_device_train_batch_size": (1, "≥"), "gradient_accumulation_steps": (1, "≥"), "max_length": (1, "≥"),
+          "lora_r": (1, "≥"), "vat_k": (1, "≥"), "learning_rate": (0, ">"), "lora_alpha": (0, ">"), "temperature": (0, ">"),
+          "num_train_epochs": (0, ">"), "kd_weight": (0, "≥"), "vat_weight": (0, "≥"), "weight_decay": (0, "≥")}  # setting -> bound
+
+def check_values(values:dict, # typed settings
+                 known:dict, # setting name -> its dataclass field
+                 where:str, # what the settings come from, named in errors
+                ):
+    "Raise a ValueError naming `where` and the key for a float given to an integer setting or a value out of its range."
+    for k, v in values.items():
+        kind = str(known[k].type)
+        if "int" in kind and "float" not in kind and isinstance(v, float):
+            raise ValueError(f"{where}: {k} must be an integer, got {v!r}")
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)): continue
+        if k == "max_steps" and not (v > 0 or v == -1):
+            raise ValueError(f"{where}: max_steps must be > 0 (or -1 to train num_train_epochs epochs), got {v!r}")
+        bound, op = MINIMA.get(k, (None, None))
+        if bound is not None and (v < bound or (op == ">" and v == bound)):
+            raise ValueError(f"{where}: {k} must be {op} {bound}, got {v!r}")
 
 def parse_stage_config(path:str|Path|None=None, # YAML file with StageConfig and TrainingArguments keys
                        overrides=(), # "key=value" strings, applied in order after the file; a list is written [a, b]

@@ -51,3 +51,25 @@ def toy_world_writer(tok):
                     matching="band", max_steps=4, per_device_train_batch_size=8, learning_rate=2e-3, use_cpu=True,
                     disable_tqdm=True, save_steps=2, max_length=64, logging_steps=1)
     return write
+
+
+def toy_chain(tmp_path):
+    "A pipeline factory over the toy world: lm (full weights) -> dft (LoRA + TAF, distilled) -> sft, into <tmp>/<root>."
+    import json
+
+    import yaml
+    from compodistill.pipeline import Pipeline
+    common = {k: v for k, v in toy_world_writer(word_tokenizer(WORDS))(tmp_path).items() if k != "teacher"}
+    (tmp_path / "vocab.json").write_text(json.dumps(WORDS))
+    stages = {"lm": {"stage": "lm", "model": str(tmp_path / "student"), **common},
+              "dft": {"stage": "dft", "model": "@lm", "teacher": str(tmp_path / "teacher"), **common},
+              "sft": {"stage": "sft", "model": "@dft", **{k: v for k, v in common.items() if k != "matching"}}}
+    def pipeline(root, only=None, plant=None):
+        "The pipeline into <tmp>/<root> (its stages `only`), with `plant` = {stage: {key: value, or None to drop it}}."
+        edit = lambda n, s: {k: v for k, v in {**s, **(plant or {}).get(n, {})}.items() if v is not None}
+        path = tmp_path / f"{root}.yaml"
+        path.write_text(yaml.safe_dump({"root": str(tmp_path / root), "data_root": str(tmp_path),
+                                        "init": {"preset": "tiny", "vocab": str(tmp_path / "vocab.json")},
+                                        "stages": {n: edit(n, s) for n, s in stages.items() if not only or n in only}}))
+        return Pipeline.from_yaml(path)
+    return pipeline

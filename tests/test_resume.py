@@ -14,6 +14,8 @@ from compodistill.corpus import WORLD_VOCAB, write_world
 from compodistill.models import build_pair
 from compodistill.runner import STAGE_DONE, parse_stage_config, run_stage
 
+from conftest import toy_chain
+
 KINDS = {  # stage type -> the stage's settings (full weights, TAF adapter, LoRA + adapter, vision tower)
     "full weights (lm)": dict(stage="lm"),
     "full weights (pretrain + llm)": dict(stage="pretrain", also_train=["llm"]),
@@ -114,28 +116,9 @@ def test_a_checkpoint_whose_weights_do_not_fit_the_model_is_refused(setups, tmp_
         _run(settings, out)
 
 
-def _chain(tmp_path):
-    "A pipeline factory over the toy world: lm (full weights) -> dft (LoRA + TAF, distilled) -> sft, into <tmp>/<root>."
-    import yaml
-    from conftest import WORDS, toy_world_writer
-    from compodistill.pipeline import Pipeline
-    common = {k: v for k, v in toy_world_writer(word_tokenizer(WORDS))(tmp_path).items() if k != "teacher"}
-    (tmp_path / "vocab.json").write_text(json.dumps(WORDS))
-    stages = {"lm": {"stage": "lm", "model": str(tmp_path / "student"), **common},
-              "dft": {"stage": "dft", "model": "@lm", "teacher": str(tmp_path / "teacher"), **common},
-              "sft": {"stage": "sft", "model": "@dft", **{k: v for k, v in common.items() if k != "matching"}}}
-    def pipeline(root, only=None):
-        path = tmp_path / f"{root}.yaml"
-        path.write_text(yaml.safe_dump({"root": str(tmp_path / root), "data_root": str(tmp_path),
-                                        "init": {"preset": "tiny", "vocab": str(tmp_path / "vocab.json")},
-                                        "stages": {n: s for n, s in stages.items() if not only or n in only}}))
-        return Pipeline.from_yaml(path)
-    return pipeline
-
-
 def test_a_pipeline_killed_in_a_full_weight_stage_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
     from compodistill.pipeline import run_pipeline
-    pipeline = _chain(tmp_path)
+    pipeline = toy_chain(tmp_path)
     stages = ("lm", "dft")
     run_pipeline(pipeline("ref", stages))
     _kill(monkeypatch, "mid-step")
@@ -149,7 +132,7 @@ def test_a_pipeline_killed_in_a_full_weight_stage_ends_as_the_uninterrupted_one(
 
 def test_a_retrained_stage_or_changed_data_reruns_exactly_the_stages_built_on_it(tmp_path, capsys):
     from compodistill.pipeline import run_pipeline
-    pipeline = _chain(tmp_path)
+    pipeline = toy_chain(tmp_path)
     assert run_pipeline(pipeline("run")) == [("lm", "ran"), ("dft", "ran"), ("sft", "ran")]
     shutil.rmtree(tmp_path / "run" / "dft")                               # the user retrains dft
     assert run_pipeline(pipeline("run"), dry_run=True) == [("lm", "done"), ("dft", "would run"), ("sft", "would run")]
