@@ -27,6 +27,7 @@ from .checkpoints import (assemble_llava, load_llava, make_processor, save_llava
 from .cost import cost_report, run_cost_benchmark
 from .data import open_image
 from .evaluate import evaluate_checkpoint
+from .guards import DiskFullError, refuse_existing
 from .misalignment import analyze_checkpoints
 from .models import TAFProjector, build_pair, check_compatible, count_parameters, get_preset, parameter_table
 from .pipeline import Pipeline, launch_commands, pipeline_path, run_pipeline
@@ -187,7 +188,7 @@ def eval_command(**options):
 # %% ../nbs/14_cli.ipynb #86afab0b
 def export_command(model:str, # checkpoint directory of the trained student
                    out:str, # directory of the exported checkpoint
-                   overwrite:bool=False, # replace `out` even if it holds files that are not a checkpoint's
+                   overwrite:bool=False, # replace `out` if it holds anything (another checkpoint, the model itself, a user's files)
                    plain:bool=False, # re-fit the projector to the student's width: a plain LLaVA checkpoint (not exact)
                    fit_images:str|None=None, # with --plain: a folder of images like the training images
                    fit_count:int=256, # with --plain: how many of them
@@ -195,6 +196,7 @@ def export_command(model:str, # checkpoint directory of the trained student
                    max_fit_error:float=0.25, # with --plain: refuse a re-fit whose held-out error exceeds this share of the visual tokens' variation
                   ):
     "Fold a TAF student's projector and write the release checkpoint (exact; or plain LLaVA with --plain)."
+    refuse_existing(out, overwrite, "export folder")  # before any work: never replaces a folder unasked
     llava, processor = load_llava(model)
     if isinstance(llava.model.multi_modal_projector, TAFProjector): fold_taf(llava)
     if plain:
@@ -245,11 +247,12 @@ def chat_command(model:str, # checkpoint directory
 def reproduce_command(seeds:list[int]=(0, 1, 2), # seeds to run
                       limit:int|None=None, # records per evaluation set (default: all)
                       out:str|None=None, # results JSON (default: next to the seeds' runs)
+                      overwrite:bool=False, # replace --out even if it holds another reproduction's results
                       **source, # --scale or --config
                      ):
     "Run a pipeline over seeds, score every model, print the results tables."
     config, t0 = pipeline_path(**source), time.time()
-    result = reproduce(config, seeds, out=out, limit=limit)
+    result = reproduce(config, seeds, out=out, limit=limit, overwrite=overwrite)
     types = list(result["runs"][0]["scores"]["teacher"]["CR"]["per_category"])
     print(f"\n{config}, seeds {list(seeds)}, {time.time() - t0:.0f} s\n\n{results_table(result)}\n\n"
           + results_table(result, [f"CR likelihood {t}" for t in types] + ["winoground likelihood text",
@@ -266,7 +269,8 @@ def bench_command(**options):
 COMMANDS = {"models": models_command, "train": train_command, "pipeline": pipeline_command,
             "analyze": analyze_command, "eval": eval_command, "export": export_command, "chat": chat_command,
             "bench": bench_command, "reproduce": reproduce_command}
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError, yaml.YAMLError)  # FloatingPointError: a loss became NaN, a run diverged
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError, yaml.YAMLError,
+               DiskFullError)  # FloatingPointError: a loss became NaN, a run diverged
 
 def main(argv:list[str]|None=None, # arguments (default: `sys.argv[1:]`)
         ):
@@ -282,10 +286,11 @@ def main(argv:list[str]|None=None, # arguments (default: `sys.argv[1:]`)
         print(usage, f"compodistill: error: unknown command {name!r}", sep="\n", file=sys.stderr)
         sys.exit(2)
     try: call_command(COMMANDS[name], argv[1:], prog)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, KeyboardInterrupt) as e:
         if debug: raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() is quoted
-        print(f"{prog}: error: " + " ".join(str(message).splitlines()), file=sys.stderr)
+        message = e.args[0] if isinstance(e, (KeyError, KeyboardInterrupt)) and e.args else e  # a KeyError's str() is quoted
+        print(f"{prog}: " + ("" if isinstance(e, KeyboardInterrupt) else "error: ")
+              + (" ".join(str(message).splitlines()) or "interrupted"), file=sys.stderr)
         sys.exit(2)
     finally:
         if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()  # a live gloo/NCCL thread at exit aborts

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .vqa import load_benchmark
 from .checkpoints import CHOICE_PROMPT, IMAGE_TOKEN, MATCH_PROMPT, load_llava
 from .data import DataCollator, chat_batch, image_token_count, open_image, read_json_records, tokenize_record
+from .guards import refuse_existing
 from .scoring import mme_scores, parse_choice, pope_answer, vqa_score, yes_no_metrics
 
 # %% auto #0
@@ -348,8 +349,10 @@ def evaluate_checkpoint(model:str|Path, # checkpoint directory
                         limit_per_category:int|None=None, # the first records of each category
                         limit:int|None=None, # then the first `limit` records
                         device:str="cuda" if torch.cuda.is_available() else "cpu", # where the model runs
+                        overwrite:bool=False, # replace `out` if it exists
                        ) -> dict:
     "Score a checkpoint on a benchmark; the result, also written as JSON to `out` if given."
+    if out: refuse_existing(out, overwrite, "result file")  # before any work
     records = select_records(load_records(benchmark, root), categories, limit_per_category, limit)
     llava, processor = load_llava(model)
     result = dict(model=str(model), benchmark=benchmark,

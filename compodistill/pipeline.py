@@ -13,6 +13,7 @@ import yaml
 
 from .checkpoints import assemble_llava, load_llava, make_processor, save_llava, word_tokenizer
 from .corpus import write_world
+from .guards import folder_lock
 from .models import build_pair
 from .runner import (STAGE_DONE, StageConfig, changed_inputs, changed_settings, input_identities, parse_stage_config,
                                  run_stage, typed_values, weights_sha256)
@@ -204,6 +205,10 @@ def stale_reason(pipe:Pipeline, # the pipeline
     changed = changed_inputs(out, input_identities(stage_values(pipe, name)))
     return f"its inputs changed ({'; '.join(changed)})" if changed else None
 
+def _needs_run(pipe:Pipeline, name:str, status:list) -> str|None:
+    "None if the stage is done and current; else why it runs ('' for a stage not done yet)."
+    return stale_reason(pipe, name, status) if (stage_dir(pipe, name) / STAGE_DONE).is_file() else ""
+
 def run_pipeline(pipe:Pipeline, # the pipeline
                  only=None, # stage names to run (default: all, in order)
                  dry_run:bool=False, # only report what would run
@@ -217,14 +222,14 @@ def run_pipeline(pipe:Pipeline, # the pipeline
     status = []
     for name in order:
         if only and name not in only: continue
-        done, why = (stage_dir(pipe, name) / STAGE_DONE).is_file(), stale_reason(pipe, name, status)
-        if done and not why: status.append((name, "done")); continue
-        if dry_run: status.append((name, "would run")); continue
-        if why: print(f"stage {name}: {why}; training it again")
-        values = stage_values(pipe, name)
-        if "copy_vision_from" in values: copy_vision(values["copy_vision_from"], values["model"], values["output_dir"])
-        else: run_stage(*parse_stage_config(None, **{**values, **({"restart": True} if why else {})}))
-        status.append((name, "ran"))
+        if dry_run: status.append((name, "done" if _needs_run(pipe, name, status) is None else "would run")); continue
+        with folder_lock(stage_dir(pipe, name), wait=name in pipe.shared_stages):  # another seed's run may be training it
+            if (why := _needs_run(pipe, name, status)) is None: status.append((name, "done")); continue
+            if why: print(f"stage {name}: {why}; training it again")
+            values = stage_values(pipe, name)
+            if "copy_vision_from" in values: copy_vision(values["copy_vision_from"], values["model"], values["output_dir"])
+            else: run_stage(*parse_stage_config(None, **{**values, **({"restart": True} if why else {})}))
+            status.append((name, "ran"))
     return status
 
 # %% ../nbs/08e_pipeline.ipynb #3c6585d3

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .checkpoints import load_llava
 from .evaluate import LlavaAnswerer, evaluate, load_records
+from .guards import refuse_existing
 from .misalignment import analyze_attention
 from .pipeline import Pipeline, run_pipeline, stage_dir
 
@@ -97,12 +98,15 @@ def reproduce(config:str|Path, # the pipeline file, e.g. configs/small/pipeline.
               workdir:str|Path=".", # the folder the pipeline's relative paths start from
               out:str|Path|None=None, # results file (default: `<root of the first seed>/../results.json`)
               limit:int|None=None, # records per evaluation set (None: all)
+              overwrite:bool=False, # replace `out` even if it holds another reproduction's results
              ) -> dict:
     "Every seed's run, scores and attention, written to a JSON file; the results."
     config = Path(config).resolve()
     with contextlib.chdir(workdir):
-        runs = [run_seed(config, s, limit) for s in seeds]
         out = Path(out) if out else Pipeline.from_yaml(config, seed=str(seeds[0])).root.parent / "results.json"
+        own = out.is_file() and json.loads(out.read_text() or "{}").get("config") == str(config)  # this reproduction's, re-run
+        refuse_existing(out, overwrite or own, "results file")  # before any work
+        runs = [run_seed(config, s, limit) for s in seeds]
         result = dict(config=str(config), seeds=list(seeds), runs=runs)
         out.write_text(json.dumps(result, indent=1))
     return result

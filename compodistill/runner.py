@@ -6,8 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import hashlib
 import json
+import os
+import re
 import shutil
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -17,7 +21,8 @@ import yaml
 from peft import PeftModel
 from transformers import HfArgumentParser, TrainingArguments
 
-from .checkpoints import drop_unfinished_checkpoints, last_complete_checkpoint, load_llava, save_llava
+from .checkpoints import drop_unfinished_checkpoints, foreign_files, last_complete_checkpoint, load_llava, save_llava
+from .guards import DiskFullError, folder_lock, is_disk_full
 from .data import ConversationDataset, DataCollator
 from .models import check_compatible
 from .objective import DistillationLoss
@@ -28,9 +33,10 @@ from .vat import LayerMatching, band_matching, official_matching, ratio_matching
 from .vision import vision_run
 
 # %% auto #0
-__all__ = ['MINIMA', 'STAGE_DONE', 'MODEL_INPUTS', 'FILE_INPUTS', 'RUN_ONLY', 'Resolved', 'StageConfig', 'check_inputs',
-           'typed_values', 'check_values', 'parse_stage_config', 'file_sha256', 'weights_sha256', 'model_identity',
-           'input_identities', 'changed_inputs', 'recorded_settings', 'changed_settings', 'whole_run_loss', 'run_stage']
+__all__ = ['MINIMA', 'STAGE_DONE', 'MODEL_INPUTS', 'FILE_INPUTS', 'RUN_ONLY', 'STAGE_ENTRIES', 'Resolved', 'StageConfig',
+           'check_inputs', 'typed_values', 'check_values', 'parse_stage_config', 'file_sha256', 'weights_sha256',
+           'model_identity', 'input_identities', 'changed_inputs', 'recorded_settings', 'changed_settings',
+           'whole_run_loss', 'check_output_dir', 'run_stage']
 
 # %% ../nbs/08d_runner.ipynb #923ddf0f
 @dataclass(frozen=True)
@@ -272,6 +278,16 @@ def _start_over(out:Path):
         if p.is_dir(): shutil.rmtree(p)
     for name in (STAGE_DONE, "config.json"): (out / name).unlink(missing_ok=True)
 
+@contextlib.contextmanager
+def _named_faults(trainer, out:Path):
+    "Turn a full disk and Ctrl-C into one line saying where the run stopped and that a re-run resumes it."
+    try: yield
+    except KeyboardInterrupt: raise KeyboardInterrupt(f"interrupted at step {trainer.state.global_step}; re-run to resume") from None
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e): raise
+        raise DiskFullError(errno.ENOSPC, f"no space left on the disk of {out} while saving at step "
+                            f"{trainer.state.global_step}; free space and re-run: it resumes") from None
+
 def _resume_point(trainer, out:Path, name:str) -> str|None:
     "The checkpoint to resume from, once the ones a kill cut short are gone; a resumed run says so in one line."
     if trainer.is_world_process_zero(): drop_unfinished_checkpoints(out)
@@ -282,21 +298,48 @@ def _resume_point(trainer, out:Path, name:str) -> str|None:
         print(f"stage {name}: resuming from {Path(resume).name} (step {step}" + (f" of {total})" if total > 0 else ")"))
     return resume
 
+STAGE_ENTRIES = re.compile(r"checkpoint-\d+|model|config\.json|stage\.json|runs|\.lock|\.model\.(tmp|old)-\d+")  # what a stage writes
+
+def check_output_dir(out:Path, # a stage's output folder
+                    ):
+    "Create `out`, or refuse it (one line) if it is a file, is not writable, or holds what no stage writes."
+    if out.exists() and not out.is_dir(): raise FileExistsError(f"output_dir {out} is a file, not a folder")
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise FileExistsError(f"output_dir {out}: cannot create it ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK): raise FileExistsError(f"output_dir {out}: not writable")
+    if foreign := sorted(p.name for p in out.iterdir() if not STAGE_ENTRIES.fullmatch(p.name)):
+        raise FileExistsError(f"output_dir {out} holds what no stage writes ({', '.join(foreign[:5])}): use a new or empty folder")
+    record = out / "config.json"
+    if record.is_file() and "stage" not in json.loads(record.read_text() or "{}"):
+        raise FileExistsError(f"{record} is not a stage's record (no 'stage' key): use a new or empty folder")
+    if foreign := foreign_files(out / "model"):
+        raise FileExistsError(f"{out / 'model'} holds files that are not a checkpoint's ({', '.join(foreign[:5])}): use another output_dir")
+
+def _refuse_other_run(cfg:StageConfig, args:TrainingArguments, out:Path, inputs:dict):
+    "Refuse a folder holding a run of this stage (a complete checkpoint or a finished stage) with other settings or inputs."
+    if not ((out / STAGE_DONE).is_file() or last_complete_checkpoint(out)): return  # nothing trained: its records are replaced
+    again = "use another output_dir, or restart=true to train it again from the start"
+    if changed := changed_settings(out, {**asdict(cfg), **args.to_dict()}):
+        raise ValueError(f"{out} holds a run of this stage with other settings (recorded → now): "
+                         + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()) + f"; {again}")
+    if changed := changed_inputs(out, inputs):
+        raise ValueError(f"{out} holds a run of this stage on other inputs ({'; '.join(changed)}); {again}")
+
 def run_stage(cfg:StageConfig, # what to train
               args:TrainingArguments, # how to train it (output_dir, optimisation, checkpointing)
              ) -> Path:
     "Train one stage (resuming if interrupted) and write its model to `<output_dir>/model`; return that path."
     r, out = check_inputs(cfg), Path(args.output_dir)
-    if cfg.restart: _start_over(out)
-    inputs, again = input_identities(asdict(cfg)), "use another output_dir, or restart=true to train it again from the start"
-    if (out / STAGE_DONE).is_file() or last_complete_checkpoint(out):  # else nothing was trained: its records are replaced
-        if changed := changed_settings(out, {**asdict(cfg), **args.to_dict()}):
-            raise ValueError(f"{out} holds a run of this stage with other settings (recorded → now): "
-                             + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()) + f"; {again}")
-        if changed := changed_inputs(out, inputs):
-            raise ValueError(f"{out} holds a run of this stage on other inputs ({'; '.join(changed)}); {again}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**recorded_settings(cfg, args), "inputs": inputs}, indent=1))
+    check_output_dir(out)
+    with folder_lock(out) if args.process_index == 0 else contextlib.nullcontext():  # one run per folder
+        if cfg.restart: _start_over(out)
+        inputs = input_identities(asdict(cfg))
+        _refuse_other_run(cfg, args, out, inputs)
+        (out / "config.json").write_text(json.dumps({**recorded_settings(cfg, args), "inputs": inputs}, indent=1))
+        return _train(cfg, args, r, out, inputs)
+
+def _train(cfg:StageConfig, args:TrainingArguments, r:Resolved, out:Path, inputs:dict) -> Path:
+    "Build the stage's trainer, train (resuming), and write `model/` and `stage.json`."
     run = vision_run(cfg, args) if cfg.stage == "vision" else _distillation_run(cfg, args, r)
     trainer, data = run.trainer, run.data
     trainer.add_callback(DivergenceGuard(cfg.divergence_patience))
@@ -306,10 +349,10 @@ def run_stage(cfg:StageConfig, # what to train
         print(f"stage {cfg.stage}: {len(data)} samples, global batch {world}, trains {r.trains}"
               + (f", VAT {matching}" if matching else ""))
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=_resume_point(trainer, out, cfg.stage))
+    with _named_faults(trainer, out): trainer.train(resume_from_checkpoint=_resume_point(trainer, out, cfg.stage))
     model = trained_student(trainer, run.model, run.rebuild)
     if trainer.is_world_process_zero():
-        save_llava(model, run.processor, out / "model")
+        with _named_faults(trainer, out): save_llava(model, run.processor, out / "model")
         logs = [l for l in trainer.state.log_history if "loss" in l]
         (out / STAGE_DONE).write_text(json.dumps(dict(
             stage=cfg.stage, inputs=inputs, model_sha256=weights_sha256(out / "model"),
