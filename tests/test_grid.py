@@ -15,7 +15,7 @@ from compodistill.grid_corpus import (BINDING_MIX, EVAL_FILES, GRID_VOCAB, MIX, 
                                       write_grid_world)
 from compodistill.world import COLOURS, SHAPES
 
-SMALL = dict(n_train=300, n_binding=60, n_dev=10, n_eval=30)
+SMALL = dict(n_train=300, n_binding=60, n_dev=10, n_eval=30, n_vision=250)
 RELATIONS = ("left", "right", "above", "below")
 
 
@@ -56,7 +56,7 @@ def answer(question: str, scene) -> tuple[str, list[int]]:
         return ("yes" if found else "no"), [cell(o) for o in found]
     if m := re.fullmatch(r"(colour|column|row) (\w+) \?", question):
         o = one(scene, shape=m[2])
-        return {"colour": o.colour, "column": "abcd"[o.col], "row": "1234"[o.row]}[m[1]], [cell(o)]
+        return {"colour": o.colour, "column": ("alpha", "beta", "gamma", "delta")[o.col], "row": "1234"[o.row]}[m[1]], [cell(o)]
     if m := re.fullmatch(r"shape (\w+) \?", question):
         o = one(scene, colour=m[1])
         return o.shape, [cell(o)]
@@ -211,9 +211,10 @@ def test_same_seed_gives_identical_files(written, tmp_path):
         if p.suffix == ".json": assert p.read_bytes() == again[stem].read_bytes(), stem
     names = sorted(p.name for p in paths["images"].iterdir())
     assert names == sorted(p.name for p in again["images"].iterdir())
-    for name in names[::7]:
-        for folder in ("images", "masks"):
-            assert (out / folder / name).read_bytes() == (tmp_path / "again" / folder / name).read_bytes()
+    masks = sorted(p.name for p in paths["masks"].iterdir())
+    assert masks == sorted(p.name for p in again["masks"].iterdir())
+    for folder, some in (("images", names[::7]), ("masks", masks[::7])):
+        for name in some: assert (out / folder / name).read_bytes() == (tmp_path / "again" / folder / name).read_bytes()
     other = write_grid_world(tmp_path / "other", seed=2, **SMALL)
     assert other["train"].read_bytes() != paths["train"].read_bytes()
     assert other["eval_relation"].read_bytes() != paths["eval_relation"].read_bytes()
@@ -230,6 +231,8 @@ def test_layout_and_manifest(written):
     assert refs == {f"images/{p.name}" for p in (out / "images").iterdir()}  # every image used, every reference exists
     masks = {r["mask"] for split in ("train", "dev", "eval") for r in json.loads(paths[f"{split}_scenes"].read_text())}
     assert masks == {f"masks/{p.name}" for p in (out / "masks").iterdir()}
+    train_graphs = json.loads(paths["train_scenes"].read_text())
+    assert len(train_graphs) == 250 and train_graphs[0]["id"] == "train_000000"  # the first n_vision training scenes
     assert not list(out.rglob("*.tmp"))
     with Image.open(out / "images" / "eval_0000.png") as im: assert im.size == (64, 64) and im.mode == "RGB"
 
@@ -286,7 +289,7 @@ def test_scene_graphs_give_the_vision_stage_column_and_row_targets(written):
     from compodistill.vision import load_scenes, patch_targets
     out, paths = written
     records, vocab = load_scenes(paths["eval_scenes"])
-    assert vocab == {"col": list(COLUMNS), "colour": sorted(COLOURS), "row": list(ROWS), "shape": sorted(SHAPES)}
+    assert vocab == {"col": sorted(COLUMNS), "colour": sorted(COLOURS), "row": sorted(ROWS), "shape": sorted(SHAPES)}
     keys = list(vocab)
     for r in records[:50]:
         targets = patch_targets(Image.open(out / r["mask"]), r["objects"], vocab, 64, 16)
@@ -294,4 +297,14 @@ def test_scene_graphs_give_the_vision_stage_column_and_row_targets(written):
         for o in r["objects"]:
             row = targets[o["cell"]].tolist()
             assert row == [vocab[k].index(o[k]) + 1 for k in keys]
-            assert (row[keys.index("col")] - 1, row[keys.index("row")] - 1) == (o["cell"] % 4, o["cell"] // 4)
+            column, line = vocab["col"][row[keys.index("col")] - 1], vocab["row"][row[keys.index("row")] - 1]
+            assert (COLUMNS.index(column), ROWS.index(line)) == (o["cell"] % 4, o["cell"] // 4)  # the patch's own place
+
+
+def test_every_answer_survives_the_evaluators_normalisation(world):
+    from compodistill.scoring import vqa_score
+    words = sorted({r["answer"] for f in EVAL_FILES for r in world.files[f"eval_{f}"]})
+    assert len(words) == 2 + 6 + 5 + 4 + 4
+    for w in words:
+        assert vqa_score(w, w) == 1.0 and vqa_score("", w) == 0.0 and vqa_score("the", w) == 0.0, w
+        assert not [v for v in words if v != w and vqa_score(v, w)], w  # no other answer word counts as this one
