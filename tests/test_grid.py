@@ -308,3 +308,20 @@ def test_every_answer_survives_the_evaluators_normalisation(world):
     for w in words:
         assert vqa_score(w, w) == 1.0 and vqa_score("", w) == 0.0 and vqa_score("the", w) == 0.0, w
         assert not [v for v in words if v != w and vqa_score(v, w)], w  # no other answer word counts as this one
+
+
+def test_sequences_tokenize_with_one_visual_token_per_cell_and_answer_labels(written):
+    from transformers import SiglipVisionConfig
+
+    from compodistill.checkpoints import make_processor, word_tokenizer
+    from compodistill.data import ConversationDataset
+    out, paths = written
+    tok = word_tokenizer(GRID_VOCAB)
+    processor = make_processor(tok, SiglipVisionConfig(image_size=64, patch_size=16))
+    data = ConversationDataset(paths["train"], processor)
+    records = json.loads(paths["train"].read_text())
+    for i in (0, 1, 2):
+        sample = data[i]
+        assert int((sample["input_ids"] == tok.image_token_id).sum()) == 16 and sample["pixel_values"].shape == (3, 64, 64)
+        labels = tok.convert_ids_to_tokens([t for t in sample["labels"].tolist() if t != -100])
+        assert labels == [w for a in records[i]["conversations"][1::2] for w in (a["value"], tok.eos_token)]
