@@ -27,9 +27,11 @@ from .checkpoints import (assemble_llava, load_llava, make_processor, save_llava
 from .cost import cost_report, run_cost_benchmark
 from .data import open_image
 from .evaluate import evaluate_checkpoint
+from .gates import check_gates, report_tables, teacher_report
 from .guards import DiskFullError, refuse_existing
 from .misalignment import analyze_checkpoints
-from .models import TAFProjector, build_pair, check_compatible, count_parameters, get_preset, parameter_table
+from .compat import check_compatible
+from .models import TAFProjector, build_pair, count_parameters, get_preset, parameter_table
 from .pipeline import Pipeline, launch_commands, pipeline_path, run_pipeline
 from .reproduce import reproduce, results_table
 from .runner import parse_stage_config, run_stage
@@ -37,8 +39,8 @@ from .taf import fold_taf, projector_inputs, refit_plain_projector
 
 # %% auto #0
 __all__ = ['SMOKE_WORDS', 'COMMANDS', 'USER_ERRORS', 'forwards', 'command_parser', 'call_command', 'smoke_image', 'models_smoke',
-           'models_command', 'train_command', 'pipeline_command', 'analyze_command', 'eval_command', 'export_command',
-           'answer', 'chat_command', 'reproduce_command', 'bench_command', 'main']
+           'models_command', 'train_command', 'pipeline_with', 'pipeline_command', 'gates_command', 'analyze_command',
+           'eval_command', 'export_command', 'answer', 'chat_command', 'reproduce_command', 'bench_command', 'main']
 
 # %% ../nbs/14_cli.ipynb #353724c7
 def forwards(to, # the function that takes the command's `**options`
@@ -148,6 +150,14 @@ def train_command(*overrides:str, # key=value: any field of StageConfig or Train
     if int(os.environ.get("RANK", "0")) == 0: print(f"wrote {out}")
 
 # %% ../nbs/14_cli.ipynb #20741bad
+def pipeline_with(settings:list[str], # "root=DIR", "data_root=DIR" or "seed=N"
+                  source:dict, # `pipeline_path`'s scale= or config=
+                 ) -> Pipeline:
+    "The pipeline a command names, with its root, data_root or seed set from the command line."
+    bad = [s for s in settings if s.partition("=")[0] not in ("root", "data_root", "seed")]
+    if bad: raise ValueError(f"only root=..., data_root=... and seed=... may be set here, got {bad}")
+    return Pipeline.from_yaml(pipeline_path(**source), **dict(s.split("=", 1) for s in settings))
+
 @forwards(pipeline_path)
 def pipeline_command(*settings:str, # root=DIR, data_root=DIR or seed=N
                      only:list[str]|None=None, # run only these stages
@@ -157,14 +167,22 @@ def pipeline_command(*settings:str, # root=DIR, data_root=DIR or seed=N
                     ):
     "Run (or list) the stages of a pipeline that are not complete, in order."
     stages = [s for s in only or () if "=" not in s] or None  # `--only a b root=DIR`: root=DIR is a setting
-    settings = [*settings, *(s for s in only or () if "=" in s)]
-    bad = [s for s in settings if s.partition("=")[0] not in ("root", "data_root", "seed")]
-    if bad: raise ValueError(f"only root=..., data_root=... and seed=... may be set here, got {bad}")
-    pipe = Pipeline.from_yaml(pipeline_path(**source), **dict(s.split("=", 1) for s in settings))
+    pipe = pipeline_with([*settings, *(s for s in only or () if "=" in s)], source)
     if print_commands:
         for line in launch_commands(pipe, stages): print(line)
         return
     for name, state in run_pipeline(pipe, stages, dry_run): print(f"{name:>20}: {state}")
+
+# %% ../nbs/14_cli.ipynb #a1c2e3f5
+@forwards(pipeline_path)
+def gates_command(*settings:str, # root=DIR, data_root=DIR or seed=N
+                  batch_size:int=64, # questions per forward pass
+                  **source, # --scale or --config
+                 ):
+    "Train (or find) a grid-world pipeline's teacher; print its gates and the controls; exit 2 if a gate fails."
+    report = teacher_report(pipeline_with(list(settings), source), batch_size)
+    print(report_tables(report))
+    check_gates(report["teacher"])
 
 # %% ../nbs/14_cli.ipynb #a76dbbf2
 @forwards(analyze_checkpoints, but=("students",))
@@ -266,7 +284,7 @@ def bench_command(**options):
     if options.get("out"): print(f"\nwritten to {options['out']}")
 
 # %% ../nbs/14_cli.ipynb #15774184
-COMMANDS = {"models": models_command, "train": train_command, "pipeline": pipeline_command,
+COMMANDS = {"models": models_command, "train": train_command, "pipeline": pipeline_command, "gates": gates_command,
             "analyze": analyze_command, "eval": eval_command, "export": export_command, "chat": chat_command,
             "bench": bench_command, "reproduce": reproduce_command}
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError, yaml.YAMLError,

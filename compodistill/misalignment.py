@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .attention import capture_visual_attention, middle_band, relative_depth
 from .checkpoints import load_llava
 from .data import chat_batch, open_image, read_json_records
-from .models import check_compatible
+from .compat import check_compatible
 
 # %% auto #0
 __all__ = ['MEASURES', 'attention_profiles', 'layer_similarity', 'depth_matched', 'analyze_attention', 'plot_depth_curves',

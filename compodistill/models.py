@@ -22,8 +22,7 @@ __all__ = ['SIGLIP_SO400M', 'QWEN15_4B', 'QWEN15_1_8B', 'QWEN25_7B', 'MOBILELLAM
            'Backbone', 'PairPreset', 'get_preset', 'visual_token_count', 'llava_config', 'preset_config', 'build_llava',
            'build_pair', 'dummy_batch', 'WideProjector', 'TAFProjector', 'projector_spec', 'projector_from_config',
            'CompoDistillLlavaConfig', 'CompoDistillLlavaModel', 'CompoDistillLlavaForConditionalGeneration',
-           'set_projector', 'count_parameters', 'preset_parameters', 'parameter_table', 'depth_faithful',
-           'IncompatiblePairError', 'check_compatible']
+           'set_projector', 'count_parameters', 'preset_parameters', 'parameter_table', 'depth_faithful']
 
 # %% ../nbs/00_models.ipynb #dbc4e71a
 @dataclass(frozen=True)
@@ -95,6 +94,9 @@ PRESETS = {p.name: p for p in [
     PairPreset("small", _siglip(128, 256, 3, 4, 64, 8), _qwen2(128, 384, 8, 4, 2, vocab=256, max_pos=1024),
                _qwen2(64, 192, 4, 2, 1, vocab=256, max_pos=1024),
                "small-scale reproduction on the synthetic world: 64 visual tokens, CPU-trainable"),
+    PairPreset("grid", _siglip(64, 128, 1, 2, 64, 16), _qwen2(128, 384, 4, 4, 2, vocab=64, rope_theta=1e4, max_pos=512),
+               _qwen2(64, 192, 3, 2, 1, vocab=64, rope_theta=1e4, max_pos=512),
+               "the grid world (02b_grid): a patch-local tower, 16 visual tokens (one per cell), a 4 × 128 teacher"),
     PairPreset("full", SIGLIP_SO400M, QWEN15_4B, QWEN15_1_8B, "the paper's pair: Qwen1.5-4B → Qwen1.5-1.8B"),
     PairPreset("full-7b-teacher", SIGLIP_SO400M, QWEN25_7B, QWEN15_1_8B,
                "bigger teacher: Qwen2.5-7B → Qwen1.5-1.8B (inferred)"),
@@ -333,66 +335,3 @@ def depth_faithful(preset:str|PairPreset="full", # the preset whose depths to ke
         return replace(b, arch=arch, hub_id=None, note=f"depth-faithful copy of {b.hub_id}")
     return PairPreset(f"{p.name}-depth", vision, shrink(p.teacher), shrink(p.student),
                       f"depth-faithful test copy of {p.name!r}")
-
-# %% ../nbs/00_models.ipynb #a5443b68
-class IncompatiblePairError(ValueError):
-    "Teacher and student cannot be distilled into one another; the message lists every mismatch."
-
-_IGNORED_KEYS = {"_name_or_path", "dtype", "torch_dtype", "_attn_implementation_internal", "architectures",
-                 "transformers_version", "_attn_implementation_autoset", "name_or_path"}
-
-def _config_diff(a:PretrainedConfig, b:PretrainedConfig) -> list[str]:
-    "Architecture fields that differ between two configs, as 'key: a != b'."
-    da, db = ({k: v for k, v in c.to_dict().items() if k not in _IGNORED_KEYS} for c in (a, b))
-    return [f"{k}: {da.get(k)!r} != {db.get(k)!r}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
-
-# %% ../nbs/00_models.ipynb #2cc00b7f
-def _model_mismatches(teacher, student, compare_vision_weights:bool) -> list[str]:
-    "Mismatches between two LLaVA models that break distillation."
-    tc, sc = teacher.config, student.config
-    out = [f"vision tower config {d}" for d in _config_diff(tc.vision_config, sc.vision_config)]
-    for key in ("vision_feature_layer", "vision_feature_select_strategy", "image_token_id"):
-        if getattr(tc, key) != getattr(sc, key): out.append(f"{key}: teacher {getattr(tc, key)!r} != student {getattr(sc, key)!r}")
-    nt, ns = (visual_token_count(c.vision_config) for c in (tc, sc))
-    if nt != ns: out.append(f"visual tokens per image: teacher {nt} != student {ns}")
-    vt, vs = tc.text_config.vocab_size, sc.text_config.vocab_size
-    if vs > vt: out.append(f"vocab_size: student {vs} > teacher {vt} (the teacher has no logits for the extra ids)")
-    if compare_vision_weights and not out:
-        ts, ss = teacher.model.vision_tower.state_dict(), student.model.vision_tower.state_dict()
-        differ = [k for k in ts if not torch.equal(ts[k].cpu(), ss[k].cpu())]
-        if differ: out.append(f"vision tower weights differ in {len(differ)} tensors (first: {differ[0]}); "
-                              "teacher and student must share one vision tower")
-    return out
-
-# %% ../nbs/00_models.ipynb #b7c5367e
-def _processor_mismatches(tp, sp) -> list[str]:
-    "Mismatches between two processors (tokenizer vocabulary, chat template, image size) that break distillation."
-    out, tt, st = [], tp.tokenizer, sp.tokenizer
-    if tt.get_vocab() != st.get_vocab():
-        tv, sv = tt.get_vocab(), st.get_vocab()
-        diff = sorted(set(tv.items()) ^ set(sv.items()), key=str)[:3]
-        out.append(f"tokenizers differ ({len(tv)} vs {len(sv)} entries; e.g. {diff}); use one tokenizer for both")
-    if tp.chat_template != sp.chat_template: out.append("chat templates differ")
-    if getattr(tt, "image_token_id", None) != getattr(st, "image_token_id", None):
-        out.append(f"tokenizer image_token_id: teacher {tt.image_token_id!r} != student {st.image_token_id!r}")
-    ti, si = tp.image_processor, sp.image_processor
-    for key in ("size", "image_mean", "image_std", "resample", "rescale_factor"):
-        if getattr(ti, key, None) != getattr(si, key, None):
-            out.append(f"image processor {key}: teacher {getattr(ti, key, None)!r} != student {getattr(si, key, None)!r}")
-    return out
-
-# %% ../nbs/00_models.ipynb #ccdf780e
-def check_compatible(teacher:LlavaForConditionalGeneration, # the teacher
-                     student:LlavaForConditionalGeneration, # the student
-                     teacher_processor=None, # the teacher's processor (tokenizer, chat template, image processor)
-                     student_processor=None, # the student's processor
-                     compare_vision_weights:bool=True, # also require bit-identical vision tower weights
-                    ):
-    "Raise `IncompatiblePairError` naming every mismatch that would make distilling `teacher` into `student` wrong."
-    problems = _model_mismatches(teacher, student, compare_vision_weights)
-    if (teacher_processor is None) != (student_processor is None):
-        problems.append("pass both processors or neither")
-    elif teacher_processor is not None:
-        problems += _processor_mismatches(teacher_processor, student_processor)
-    if problems:
-        raise IncompatiblePairError("teacher and student are incompatible:\n- " + "\n- ".join(problems))

@@ -13,6 +13,7 @@ import yaml
 
 from .checkpoints import assemble_llava, load_llava, make_processor, save_llava, word_tokenizer
 from .corpus import write_world
+from .grid_corpus import write_grid_world
 from .guards import folder_lock
 from .models import build_pair
 from .runner import (STAGE_DONE, StageConfig, changed_inputs, changed_settings, input_identities, parse_stage_config,
@@ -144,14 +145,15 @@ def prepare_world(pipe:Pipeline, # the pipeline
                  ) -> Path|None:
     "Write the pipeline's synthetic world into `data_root` unless it is there with the same settings; its `world.json`."
     if not pipe.world: return None
+    settings = {k: v for k, v in pipe.world.items() if k != "kind"}  # kind: grid (02c_grid_corpus), else 02a_corpus's world
     manifest = pipe.data_root / "world.json"
     if manifest.is_file():
         found = json.loads(manifest.read_text())
-        if diff := {k: (v, found.get(k)) for k, v in pipe.world.items() if found.get(k) != v}:
+        if diff := {k: (v, found.get(k)) for k, v in settings.items() if found.get(k) != v}:
             raise ValueError(f"{manifest} was written with other settings (pipeline, found): {diff}; "
                              "use another data_root or remove that world")
         return manifest
-    return write_world(pipe.data_root, **pipe.world)["world"]
+    return (write_grid_world if pipe.world.get("kind") == "grid" else write_world)(pipe.data_root, **settings)["world"]
 
 # %% ../nbs/08e_pipeline.ipynb #45c8be32
 def copy_vision(source:str|Path, # checkpoint whose vision tower to take

@@ -24,7 +24,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from .checkpoints import drop_unfinished_checkpoints, foreign_files, last_complete_checkpoint, load_llava, save_llava
 from .guards import DiskFullError, folder_lock, is_disk_full
 from .data import ConversationDataset, DataCollator
-from .models import check_compatible
+from .compat import check_compatible
 from .objective import DistillationLoss
 from .placement import trained_student, whole_weights
 from .stages import PARTS, STAGES, StageRun, setup_stage

@@ -10,7 +10,7 @@ from peft import PeftModel
 from transformers import TrainerCallback
 
 from .checkpoints import CheckpointingTrainer
-from .models import check_compatible
+from .compat import check_compatible
 from .objective import DistillationLoss
 from .placement import check_vat_capture, prepare_teacher
 from .vat import LayerMatching, vat_forward

@@ -110,17 +110,20 @@ def _batches(data:SceneDataset, size:int=64) -> torch.utils.data.DataLoader:
 # %% ../nbs/08c_vision.ipynb #b9744ae8
 class AttributeHeads(torch.nn.Module):
     "A LLaVA model's vision tower with one linear classifier per attribute on the patch features the LLM reads."
-    def __init__(self, model, # a LLaVA model; its vision tower is trained in place
+    def __init__(self, model, # a LLaVA model; its vision tower (and projector) is trained in place
                  vocab:dict[str, list[str]], # attribute -> values (`load_scenes`)
+                 projector:bool=False, # put the heads on the projector's output (the visual tokens), training it too
                 ):
         super().__init__()
         self.tower, self.layer = model.model.vision_tower, model.config.vision_feature_layer
-        hidden = model.config.vision_config.hidden_size
+        self.projector = model.model.multi_modal_projector if projector else None
+        hidden = (model.config.text_config if projector else model.config.vision_config).hidden_size
         self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(hidden, len(v) + 1) for a, v in vocab.items()})
 
     def features(self, pixel_values:torch.Tensor) -> torch.Tensor:
-        "The patch features LLaVA's projector reads: `(batch, patches, hidden)`."
-        return self.tower(pixel_values, output_hidden_states=True).hidden_states[self.layer]
+        "The patch features LLaVA's projector reads (or, with the projector, the visual tokens the LLM reads): `(batch, patches, hidden)`."
+        f = self.tower(pixel_values, output_hidden_states=True).hidden_states[self.layer]
+        return f if self.projector is None else self.projector(f)
 
     def forward(self, pixel_values:torch.Tensor, targets:torch.Tensor|None=None) -> dict:
         "Per-attribute logits `(batch, patches, values + 1)`; with targets, `loss`: the sum over attributes of the mean cross-entropy."
@@ -191,7 +194,7 @@ def vision_run(cfg, # a `StageConfig` with `stage: vision`: `model` the checkpoi
     model, processor = load_llava(cfg.model)
     data = SceneDataset(cfg.data, processor, model.config.vision_config, cfg.image_folder)
     torch.manual_seed(args.seed)
-    probe = AttributeHeads(model, data.vocab)
+    probe = AttributeHeads(model, data.vocab, projector="projector" in cfg.also_train)
     trainable_tower(probe)
     trainer = CheckpointingTrainer(model=probe, args=args, train_dataset=data, data_collator=collate_scenes)
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:

@@ -8,9 +8,9 @@ from transformers import AutoModelForCausalLM, AutoProcessor, LlavaForConditiona
 
 from compodistill.checkpoints import (IMAGE_TOKEN, _load_vision_tower, assemble_llava, load_llava, make_processor,
                                       save_llava, save_random_parts, word_tokenizer)
-from compodistill.models import (CompoDistillLlavaForConditionalGeneration, IncompatiblePairError, WideProjector,
-                                 build_llava, build_pair, check_compatible, dummy_batch, preset_config, set_projector,
-                                 visual_token_count)
+from compodistill.compat import IncompatiblePairError, check_compatible
+from compodistill.models import (CompoDistillLlavaForConditionalGeneration, WideProjector, build_llava, build_pair,
+                                 dummy_batch, preset_config, set_projector, visual_token_count)
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour is the circle?"}]},
             {"role": "assistant", "content": "red"},

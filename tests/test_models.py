@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from compodistill.models import (PRESETS, IncompatiblePairError, build_llava, build_pair, check_compatible,
-                                 count_parameters, depth_faithful, dummy_batch, preset_config, preset_parameters,
-                                 visual_token_count)
+from compodistill.compat import IncompatiblePairError, check_compatible
+from compodistill.models import (PRESETS, build_llava, build_pair, count_parameters, depth_faithful, dummy_batch,
+                                 preset_config, preset_parameters, visual_token_count)
 
-RUNNABLE = ["tiny", "small"] + [depth_faithful(n) for n in PRESETS if n.startswith("full")]
+RUNNABLE = ["tiny", "small", "grid"] + [depth_faithful(n) for n in PRESETS if n.startswith("full")]
 
 
 @pytest.mark.parametrize("preset", RUNNABLE, ids=lambda p: p if isinstance(p, str) else p.name)
@@ -94,4 +94,4 @@ def test_image_token_mismatch_is_named():
 
 
 def test_unknown_preset_lists_known_ones():
-    with pytest.raises(KeyError, match="known presets: tiny, small, full"): preset_config("huge", "teacher")
+    with pytest.raises(KeyError, match="known presets: tiny, small, grid, full"): preset_config("huge", "teacher")
