@@ -24,15 +24,23 @@ from .models import (CompoDistillLlavaConfig, CompoDistillLlavaForConditionalGen
                                  llava_config, preset_config, projector_from_config, visual_token_count)
 
 # %% auto #0
-__all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'CHOICE_PROMPT', 'MATCH_PROMPT', 'SPECIAL_TOKENS', 'IMAGE_TOKEN', 'CHECKPOINT_FILES',
-           'COMPLETE', 'split_words', 'word_tokenizer', 'make_processor', 'add_image_token', 'safetensors_only',
-           'assemble_llava', 'foreign_files', 'save_llava', 'load_llava_weights', 'load_llava', 'save_random_parts',
-           'last_complete_checkpoint', 'remove_checkpoint', 'drop_unfinished_checkpoints', 'keep_newest_checkpoints',
-           'CheckpointingTrainer']
+__all__ = ['SYSTEM_PROMPT', 'CHAT_TEMPLATE', 'BARE_TEMPLATE', 'TEMPLATES', 'CHOICE_PROMPT', 'MATCH_PROMPT', 'SPECIAL_TOKENS',
+           'IMAGE_TOKEN', 'CHECKPOINT_FILES', 'COMPLETE', 'split_words', 'word_tokenizer', 'make_processor',
+           'add_image_token', 'safetensors_only', 'assemble_llava', 'foreign_files', 'save_llava', 'load_llava_weights',
+           'load_llava', 'save_random_parts', 'last_complete_checkpoint', 'remove_checkpoint',
+           'drop_unfinished_checkpoints', 'keep_newest_checkpoints', 'CheckpointingTrainer']
 
 # %% ../nbs/00a_checkpoints.ipynb #9f153ac7
 SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
                  "helpful, detailed, and polite answers to the user's questions.")
+
+_TURN_TEXT = (  # one message's text: each image part as '<image>\n', then its text parts
+    "{%- if m['content'] is string -%}{%- set text = m['content'] -%}"
+    "{%- else -%}{%- set text = namespace(s='') -%}"
+    "{%- for part in m['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{%- set text.s = text.s + '<image>\\n' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set text.s = text.s + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}{%- set text = text.s -%}{%- endif -%}")
 
 CHAT_TEMPLATE = (
     "{%- set ns = namespace(system='" + SYSTEM_PROMPT.replace("'", "\\'") + "', start=0) -%}"
@@ -41,19 +49,22 @@ CHAT_TEMPLATE = (
     "{%- set ns.system = c if c is string else c | selectattr('type', 'equalto', 'text') | map(attribute='text') | join -%}"
     "{%- set ns.start = 1 -%}{%- endif -%}"
     "{{- ns.system + ' ' -}}"
-    "{%- for m in messages[ns.start:] -%}"
-    "{%- if m['content'] is string -%}{%- set text = m['content'] -%}"
-    "{%- else -%}{%- set text = namespace(s='') -%}"
-    "{%- for part in m['content'] -%}"
-    "{%- if part['type'] == 'image' -%}{%- set text.s = text.s + '<image>\\n' -%}"
-    "{%- elif part['type'] == 'text' -%}{%- set text.s = text.s + part['text'] -%}{%- endif -%}"
-    "{%- endfor -%}{%- set text = text.s -%}{%- endif -%}"
+    "{%- for m in messages[ns.start:] -%}" + _TURN_TEXT +
     "{%- if m['role'] == 'user' -%}{{- 'USER: ' + text + ' ' -}}"
     "{%- elif m['role'] == 'assistant' -%}{{- 'ASSISTANT: ' -}}{% generation %}{{- text + eos_token -}}{% endgeneration %}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
+
+BARE_TEMPLATE = (  # turns only: no system prompt, no role markers (for the small worlds' LLMs trained from scratch)
+    "{%- for m in messages if m['role'] != 'system' -%}" + _TURN_TEXT +
+    "{%- if m['role'] == 'user' -%}{{- text + ' ' -}}"
+    "{%- elif m['role'] == 'assistant' -%}{% generation %}{{- text + eos_token -}}{% endgeneration %}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+TEMPLATES = {"chat": CHAT_TEMPLATE, "bare": BARE_TEMPLATE}  # chat template name -> Jinja
 
 # %% ../nbs/00a_checkpoints.ipynb #3864023c
 # The two questions the evaluator asks of compositional sets (`10_evaluate`), here beside the template because the
@@ -73,6 +84,7 @@ def split_words(text:str, # text to split
 
 # %% ../nbs/00a_checkpoints.ipynb #463ea46d
 def word_tokenizer(words, # the words (and punctuation marks) of the language; duplicates are fine
+                   chat_template:str=CHAT_TEMPLATE, # the chat template (`TEMPLATES`)
                   ) -> PreTrainedTokenizerFast:
     "A word-level fast tokenizer over `words` plus the chat template's words, with `<image>` and the chat template."
     specials = [*SPECIAL_TOKENS.values(), IMAGE_TOKEN]
@@ -82,7 +94,7 @@ def word_tokenizer(words, # the words (and punctuation marks) of the language; d
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                  pre_tokenizers.Punctuation("isolated")])
     tok.add_special_tokens(specials)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=CHAT_TEMPLATE, padding_side="right",
+    return PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=chat_template, padding_side="right",
                                    extra_special_tokens={"image_token": IMAGE_TOKEN}, **SPECIAL_TOKENS)
 
 # %% ../nbs/00a_checkpoints.ipynb #b8b039d0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .checkpoints import assemble_llava, load_llava, make_processor, save_llava, word_tokenizer
+from .checkpoints import TEMPLATES, assemble_llava, load_llava, make_processor, save_llava, word_tokenizer
 from .corpus import write_world
 from .grid_corpus import write_grid_world
 from .guards import folder_lock
@@ -124,7 +124,9 @@ def build_init(pipe:Pipeline, # the pipeline
         vocab = Path(resolve(pipe, spec["vocab"]))
         if not vocab.is_file(): raise FileNotFoundError(f"init.vocab: {vocab} not found")
         words = json.loads(vocab.read_text())
-        tok = word_tokenizer(words["vocab"] if isinstance(words, dict) else words)  # a word list, or world.json
+        if (template := spec.get("template", "chat")) not in TEMPLATES:
+            raise ValueError(f"init.template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+        tok = word_tokenizer(words["vocab"] if isinstance(words, dict) else words, TEMPLATES[template])  # a word list, or world.json
         pair = lambda seed: build_pair(spec["preset"], len(tok), tok.image_token_id, seed=seed)
         teacher, student = pair(pipe.seed)
         if pipe.shared_stages: teacher = pair(pipe.file_seed)[0]  # the same shared teacher whatever the seed

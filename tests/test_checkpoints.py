@@ -148,3 +148,17 @@ def test_tokenizer_mismatch_is_named(tok):
     with pytest.raises(IncompatiblePairError, match="tokenizers differ"):
         check_compatible(teacher, student, make_processor(tok, cfg), make_processor(other, cfg))
     check_compatible(teacher, student, make_processor(tok, cfg), make_processor(tok, cfg))
+
+
+def test_the_bare_template_holds_the_turns_alone_and_supervises_only_the_answers():
+    from compodistill.checkpoints import BARE_TEMPLATE, TEMPLATES
+    tok = word_tokenizer("colour circle red ?".split(), TEMPLATES["bare"])
+    turns = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "colour circle ?"}]},
+             {"role": "assistant", "content": "red"}, {"role": "user", "content": "colour circle ?"},
+             {"role": "assistant", "content": "red"}]
+    out = tok.apply_chat_template(turns, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert tok.convert_ids_to_tokens(out["input_ids"]) == ["<image>", "colour", "circle", "?", "red", "</s>",
+                                                           "colour", "circle", "?", "red", "</s>"]
+    assert out["assistant_masks"] == [0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1]
+    assert tok.apply_chat_template(turns[:1], tokenize=False, add_generation_prompt=True) == "<image>\ncolour circle ? "
+    assert tok.chat_template == BARE_TEMPLATE and word_tokenizer(["a"]).chat_template == TEMPLATES["chat"]

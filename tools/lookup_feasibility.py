@@ -20,8 +20,13 @@ ATT_WEIGHT > 0 adds -log(share of the middle layers' attention, from the token b
 objects the question is about). VISION_STEPS > 0 first trains tower + projector to classify each patch's colour and
 shape (the vision stage's idea), then freezes the tower; `pos` adds per-patch row/column classification heads to
 that pre-training, `ord` adds regression heads for the patch's x and y (an ordinal code for where it is).
+The sequence format: by default the image's 16 tokens come first and each question is followed by its answer. The
+environment variables PREFIX=N (N constant tokens before the image, as LLaVA's system prompt puts ~40 there) and CHAT=1
+("user :" before and "assistant :" after each question, as LLaVA's chat template) measure what the package's chat
+template costs a model trained from scratch:
+  PREFIX=41 CHAT=1 python tools/lookup_feasibility.py 1 col,shape 500 1e-3 4 0 300
 """
-import math, random, sys, time, torch, numpy as np, torch.nn.functional as F
+import math, os, random, sys, time, torch, numpy as np, torch.nn.functional as F
 from transformers import LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig, Qwen2Config
 G, CELL = 4, 16; IMG = G * CELL
 COLS = {"red": (230, 40, 40), "green": (40, 180, 60), "blue": (40, 90, 245), "yellow": (245, 215, 30), "purple": (165, 60, 215), "orange": (250, 140, 20)}
@@ -30,7 +35,7 @@ yy, xx = np.mgrid[0:CELL, 0:CELL] + .5 - CELL / 2; r = CELL * .4
 MASK = {"circle": xx**2 + yy**2 <= r*r, "square": np.maximum(abs(xx), abs(yy)) <= r * .8, "diamond": abs(xx) + abs(yy) <= r,
         "triangle": (yy <= r*.8) & (yy >= -r) & (abs(xx) <= (yy + r) / 1.8 * 1.0), "cross": (np.minimum(abs(xx), abs(yy)) <= r*.33) & (np.maximum(abs(xx), abs(yy)) <= r)}
 REL = {"left": (-1, 0), "right": (1, 0), "above": (0, -1), "below": (0, 1)}
-WORDS = ["<pad>", "<img>", "colour", "shape", "?", "none", "is", "yes", "no", "where"] + list(COLS) + SH + list(REL)
+WORDS = ["<pad>", "<img>", "colour", "shape", "?", "none", "is", "yes", "no", "where", "sys", "user", "assistant", ":"] + list(COLS) + SH + list(REL)
 V = {w: i for i, w in enumerate(WORDS)}
 def scene(rng):
     "3-5 objects with distinct colours, shapes and cells: (colour, shape, col, row) tuples."
@@ -73,10 +78,12 @@ def batch(rng, B, kinds, nq=6):
     ids, labs, pix, kind, tgt = [], [], [], [], []
     for _ in range(B):
         sc = scene(rng); qs = questions(sc, rng, kinds)[:nq]
-        t = [V["<img>"]] * 16; l = [-100] * 16; k = [None]*16
+        P0 = int(os.environ.get("PREFIX", "0")); CH = os.environ.get("CHAT", "0") == "1"
+        t = [V["sys"]] * P0 + [V["<img>"]] * 16; l = [-100] * (16 + P0); k = [None]*(16 + P0)
         tg = []
         for kd, q, a, cells in qs:
-            t += [V[w] for w in q] + [V["?"], V[a]]; l += [-100] * (len(q) + 1) + [V[a]]; k += [None]*(len(q)+1) + [kd]
+            pre = [V["user"], V[":"]] if CH else []; post = [V["assistant"], V[":"]] if CH else []
+            t += pre + [V[w] for w in q] + [V["?"]] + post + [V[a]]; l += [-100] * (len(pre) + len(q) + 1 + len(post)) + [V[a]]; k += [None]*(len(pre) + len(q)+1+len(post)) + [kd]
             tg.append((len(t) - 2, cells))
         tgt.append(tg); ids.append(t); labs.append(l); pix.append(render(sc)); kind.append(k)
     L = max(map(len, ids))
