@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoProcessor,
                           AutoTokenizer, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast,
@@ -233,13 +233,8 @@ def _misfits(info:dict, own_projector:bool) -> list[str]:
              (("missing", "missing_keys"), ("unexpected", "unexpected_keys"), ("mis-shaped", "mismatched_keys")) for k in info[key]]
     return sorted(f"{what} {k}" for what, k in found if not (own_projector and "multi_modal_projector." in k))
 
-def load_llava_weights(path:str|Path, # a checkpoint directory: `save_llava`'s, a Trainer checkpoint of one, or any HF LLaVA checkpoint
-                       dtype:torch.dtype|None=None, # dtype to load in (default: as saved)
-                       attn_implementation:str="sdpa", # attention kernel
-                       device_map=None, # passed to `from_pretrained`
-                      ) -> tuple[LlavaForConditionalGeneration, list[str]]:
-    "Load a LLaVA model (plain, TAF, or `compodistill_llava`) without its processor, and the checkpoint's keys that did not fit it."
-    path = Path(path)
+def _read_llava(path:Path, dtype, attn_implementation:str, device_map) -> tuple[LlavaForConditionalGeneration, list[str]]:
+    "A LLaVA model (plain, TAF, or `compodistill_llava`) from a checkpoint directory, and the checkpoint's keys that did not fit it."
     if (path / "model" / "config.json").is_file():  # a stage folder: its own config.json records the run's settings
         raise FileNotFoundError(f"{path} is a stage's output folder: its checkpoint is {path / 'model'}")
     if not (path / "config.json").is_file():
@@ -263,6 +258,16 @@ def load_llava_weights(path:str|Path, # a checkpoint directory: `save_llava`'s, 
     finally: hf_logging.set_verbosity(verbosity)
     if own_projector: _load_own_projector(model, path)
     return model.eval(), _misfits(info, own_projector)
+
+def load_llava_weights(path:str|Path, # a checkpoint directory: `save_llava`'s, a Trainer checkpoint of one, or any HF LLaVA checkpoint
+                       dtype:torch.dtype|None=None, # dtype to load in (default: as saved)
+                       attn_implementation:str="sdpa", # attention kernel
+                       device_map=None, # passed to `from_pretrained`
+                      ) -> tuple[LlavaForConditionalGeneration, list[str]]:
+    "Load a LLaVA model (plain, TAF, or `compodistill_llava`) without its processor, and the checkpoint's keys that did not fit it."
+    try: return _read_llava(Path(path), dtype, attn_implementation, device_map)
+    except SafetensorError as e:  # a truncated or overwritten file: its header does not parse
+        raise ValueError(f"{path}: a weights file is damaged or truncated ({e}); re-export or re-download the checkpoint") from None
 
 def load_llava(path:str|Path, # a checkpoint directory written by `save_llava` (or any HF LLaVA checkpoint)
                dtype:torch.dtype|None=None, # dtype to load in (default: as saved)

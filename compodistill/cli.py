@@ -254,9 +254,8 @@ def chat_command(model:str, # checkpoint directory
                  max_new_tokens:int=32, # answer length limit
                 ):
     "Answer questions about an image with a checkpoint."
-    if not Path(image).is_file(): raise FileNotFoundError(f"{image}: no such image file")
+    picture = open_image(image, "--image")  # a missing file or one that is not an image: one line
     llava, processor = load_llava(model)
-    picture = Image.open(image).convert("RGB")
     for q in [question] if question else (l.strip() for l in sys.stdin if l.strip()):
         print(answer(llava, processor, picture, q, max_new_tokens), flush=True)
 

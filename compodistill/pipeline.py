@@ -6,18 +6,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-import yaml
 
 from .checkpoints import TEMPLATES, assemble_llava, load_llava, make_processor, save_llava, word_tokenizer
 from .corpus import write_world
 from .grid_corpus import write_grid_world
 from .guards import folder_lock
-from .models import build_pair
+from .models import build_pair, get_preset
 from .runner import (STAGE_DONE, StageConfig, changed_inputs, changed_settings, input_identities, parse_stage_config,
-                                 run_stage, typed_values, weights_sha256)
+                                 read_yaml, run_stage, typed_values, weights_sha256)
 
 # %% auto #0
 __all__ = ['Pipeline', 'stage_dir', 'init_dir', 'resolve', 'stage_values', 'stage_deps', 'stage_order', 'build_init',
@@ -46,12 +45,12 @@ class Pipeline:
         "Read a pipeline file; `root` and `data_root` are relative to the current directory, `{seed}` in `root` is the seed."
         path = Path(path)
         if not path.is_file(): raise FileNotFoundError(f"pipeline file {path} not found")
-        raw = {**(yaml.safe_load(path.read_text()) or {}), **overrides}
+        raw = {**read_yaml(path), **overrides}
         unknown = set(raw) - {"root", "data_root", "init", "stages", "defaults", "world", "seed", "shared"}
         if unknown: raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
         for key in ("root", "init", "stages"):
             if key not in raw: raise ValueError(f"{path}: missing key {key!r}")
-        try: seed, file_seed = int(raw.get("seed", 0)), int(yaml.safe_load(path.read_text()).get("seed", 0))
+        try: seed, file_seed = int(raw.get("seed", 0)), int(read_yaml(path).get("seed", 0))
         except ValueError: raise ValueError(f"{path}: seed must be an integer, got {raw['seed']!r}") from None
         shared = raw.get("shared") or {}
         if shared and (set(shared) != {"root", "stages"} or set(shared["stages"]) - set(raw["stages"])):
@@ -127,7 +126,11 @@ def build_init(pipe:Pipeline, # the pipeline
         if (template := spec.get("template", "chat")) not in TEMPLATES:
             raise ValueError(f"init.template must be one of {', '.join(TEMPLATES)}, got {template!r}")
         tok = word_tokenizer(words["vocab"] if isinstance(words, dict) else words, TEMPLATES[template])  # a word list, or world.json
-        pair = lambda seed: build_pair(spec["preset"], len(tok), tok.image_token_id, seed=seed)
+        preset = get_preset(spec["preset"])
+        if layers := spec.get("teacher_layers"):  # the preset's teacher at another depth (a depth measurement)
+            preset = replace(preset, name=f"{preset.name}-teacher{layers}",
+                             teacher=replace(preset.teacher, arch={**preset.teacher.arch, "num_hidden_layers": int(layers)}))
+        pair = lambda seed: build_pair(preset, len(tok), tok.image_token_id, seed=seed)
         teacher, student = pair(pipe.seed)
         if pipe.shared_stages: teacher = pair(pipe.file_seed)[0]  # the same shared teacher whatever the seed
         models = {"teacher": teacher, "student": student}

@@ -34,9 +34,9 @@ from .vision import vision_run
 
 # %% auto #0
 __all__ = ['MINIMA', 'STAGE_DONE', 'MODEL_INPUTS', 'FILE_INPUTS', 'RUN_ONLY', 'STAGE_ENTRIES', 'Resolved', 'StageConfig',
-           'check_inputs', 'typed_values', 'check_values', 'parse_stage_config', 'file_sha256', 'weights_sha256',
-           'model_identity', 'input_identities', 'changed_inputs', 'recorded_settings', 'changed_settings',
-           'whole_run_loss', 'check_output_dir', 'run_stage']
+           'check_inputs', 'typed_values', 'check_values', 'read_yaml', 'parse_stage_config', 'file_sha256',
+           'weights_sha256', 'model_identity', 'input_identities', 'changed_inputs', 'recorded_settings',
+           'changed_settings', 'whole_run_loss', 'check_output_dir', 'run_stage']
 
 # %% ../nbs/08d_runner.ipynb #923ddf0f
 @dataclass(frozen=True)
@@ -160,6 +160,13 @@ def check_values(values:dict, # typed settings
         if bound is not None and (v < bound or (op == ">" and v == bound)):
             raise ValueError(f"{where}: {k} must be {op} {bound}, got {v!r}")
 
+def read_yaml(path:str|Path, # a YAML file of settings
+             ) -> dict:
+    "The settings in a YAML file; a file that does not parse is an error naming it, the line and the column."
+    with open(path) as f:  # read from the file, so that the parser's marks name it
+        try: return yaml.safe_load(f) or {}
+        except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML: " + " ".join(str(e).split())) from None
+
 def parse_stage_config(path:str|Path|None=None, # YAML file with StageConfig and TrainingArguments keys
                        overrides=(), # "key=value" strings, applied in order after the file; a list is written [a, b]
                        **values, # further keys, e.g. from Python
@@ -168,7 +175,7 @@ def parse_stage_config(path:str|Path|None=None, # YAML file with StageConfig and
     data = {}
     if path is not None:
         if not Path(path).is_file(): raise FileNotFoundError(f"config file {path} not found")
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_yaml(path)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep: raise ValueError(f"override {item!r} is not key=value")
@@ -245,8 +252,9 @@ def _distillation_run(cfg:StageConfig, args:TrainingArguments, r:Resolved) -> St
     return StageRun(trainer, model, processor, data, lambda: load()[0])
 
 RUN_ONLY = {"output_dir", "logging_dir", "run_name", "disable_tqdm", "report_to", "logging_steps", "logging_strategy",
-            "logging_first_step", "dataloader_num_workers", "save_steps", "save_strategy", "save_total_limit",
-            "overwrite_output_dir", "resume_from_checkpoint", "restart", "divergence_patience"}  # settings that do not change what is trained
+            "logging_first_step", "dataloader_num_workers", "dataloader_pin_memory", "save_steps", "save_strategy",
+            "save_total_limit", "overwrite_output_dir", "resume_from_checkpoint", "restart",
+            "divergence_patience"}  # settings that do not change what is trained
 
 def recorded_settings(cfg:StageConfig, # the stage
                       args:TrainingArguments, # its training arguments

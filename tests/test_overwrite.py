@@ -108,3 +108,19 @@ def test_ctrl_c_and_a_full_disk_are_one_line_saying_that_a_rerun_resumes(toy_wor
     monkeypatch.undo()
     main(["train", *_train_args(common, tmp_path, tmp_path / "b")])      # space freed: it resumes and finishes
     assert json.loads((tmp_path / "b" / STAGE_DONE).read_text())["steps"] == 4
+
+
+def test_a_damaged_weights_file_a_bad_yaml_file_and_a_non_image_are_one_line(tok, tmp_path, capsys):
+    _, model = build_pair("tiny", vocab_size=len(tok), image_token_id=tok.image_token_id)
+    ckpt = save_llava(model, make_processor(tok, model.config.vision_config), tmp_path / "student")
+    weights = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(weights[:len(weights) // 2])            # a truncated copy
+    (tmp_path / "q.png").write_text("not an image")
+    (tmp_path / "stage.yaml").write_text("stage: dft\nmodel: [unclosed\n")
+    for argv, message in ((["export", "--model", str(ckpt), "--out", str(tmp_path / "out")],
+                           f"{ckpt}: a weights file is damaged or truncated"),
+                          (["chat", "--model", str(ckpt), "--image", str(tmp_path / "q.png"), "--question", "?"],
+                           f"--image: corrupt image: {tmp_path / 'q.png'} cannot be decoded"),
+                          (["train", "--config", str(tmp_path / "stage.yaml")], f"{tmp_path / 'stage.yaml'}: not valid YAML")):
+        code, err = _cli(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
