@@ -18,11 +18,12 @@ from .attention import capture_visual_attention, middle_band, relative_depth
 from .checkpoints import load_llava
 from .data import chat_batch, open_image, read_json_records
 from .compat import check_compatible
+from .world import COLOURS, SHAPES
 
 # %% auto #0
 __all__ = ['MEASURES', 'attention_profiles', 'layer_similarity', 'depth_matched', 'analyze_attention', 'plot_depth_curves',
            'plot_similarity_matrix', 'plot_attention_maps', 'object_attention_ratio', 'looking_profile',
-           'plot_looking_profiles', 'read_records', 'analyze_checkpoints']
+           'plot_looking_profiles', 'looking_items', 'grid_looking', 'read_records', 'analyze_checkpoints']
 
 # %% ../nbs/04_misalignment.ipynb #412da17f
 def _text_queries(input_ids:torch.Tensor, attention_mask:torch.Tensor, key_positions:torch.Tensor) -> torch.Tensor:
@@ -237,6 +238,40 @@ def plot_looking_profiles(teacher, # the teacher's ratio per layer, `(layers,)` 
     ax.set_xlabel("relative depth of the layer"); ax.set_ylabel("attention-to-object ratio")
     ax.legend(fontsize=8); ax.set_title("where the model looks")
     return ax
+
+# %% ../nbs/04_misalignment.ipynb #b1d2e3f5
+def looking_items(processor, # the model's processor
+                  records:list, # grid-world records with question and cells
+                 ) -> tuple[dict, list, list]:
+    "The questions asked alone, as a batch, and per sample the (position, cells) items of its object words and of its answer position."
+    batch = chat_batch(processor, [open_image(r["image"]) for r in records], [r["question"] for r in records])
+    names, words, answers = set(COLOURS) | set(SHAPES), [], []
+    for ids, r in zip(batch["input_ids"].tolist(), records):
+        q = processor.tokenizer.encode(r["question"], add_special_tokens=False)
+        start = max(i for i in range(len(ids) - len(q) + 1) if ids[i:i + len(q)] == q)  # the question's last occurrence
+        named = [start + k for k, w in enumerate(processor.tokenizer.convert_ids_to_tokens(q)) if w in names]
+        words.append([(p, [c]) for p, c in zip(named, r["cells"])] if len(named) == len(r["cells"]) else [])
+        answers.append([(len(ids) - 1, list(r["cells"]))] if r["cells"] else [])
+    return batch, words, answers
+
+@torch.no_grad()
+def grid_looking(model, # a LLaVA model
+                 processor, # its processor
+                 records:list, # grid-world records (any families) with question and cells
+                 batch_size:int=64, # questions per forward pass
+                ) -> dict:
+    "Per layer, the attention-to-object ratio from the object words and from the answer position: `{'word': [...], 'answer': [...]}`."
+    sums = {"word": 0.0, "answer": 0.0}; counts = {"word": 0, "answer": 0}
+    for i in range(0, len(records), batch_size):
+        batch, words, answers = looking_items(processor, records[i:i + batch_size])
+        batch = batch.to(model.device)
+        for key, items in (("word", words), ("answer", answers)):
+            keep = [k for k, it in enumerate(items) if it]
+            if not keep: continue
+            sub = {n: v[keep] for n, v in batch.items()}
+            _, per_item = looking_profile(model, sub, [items[k] for k in keep])
+            sums[key] = sums[key] + per_item.sum(-1).cpu(); counts[key] += per_item.shape[-1]
+    return {k: (sums[k] / counts[k]).tolist() for k in sums if counts[k]}
 
 # %% ../nbs/04_misalignment.ipynb #6edc5c06
 def read_records(path:str|Path, # JSON array or JSONL file of records with "image" and "question"
