@@ -271,7 +271,8 @@ def changed_settings(out:str|Path, # a stage's output folder
     old = json.loads(path.read_text())
     recorded = {**old.get("training", {}), **old.get("stage", {})}
     now = json.loads(json.dumps(settings, default=str))
-    return {k: (recorded.get(k), v) for k, v in now.items() if k not in RUN_ONLY and recorded.get(k) != v}
+    inputs = set(MODEL_INPUTS + FILE_INPUTS)  # compared by content (`changed_inputs`), not by where they are
+    return {k: (recorded.get(k), v) for k, v in now.items() if k not in RUN_ONLY | inputs and recorded.get(k) != v}
 
 def whole_run_loss(log_history:list, # the Trainer's `state.log_history` (restored on resume)
                   ) -> float|None:
