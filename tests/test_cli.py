@@ -52,7 +52,7 @@ def test_export_folds_taf_and_chat_answers(tmp_path, tok):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("\n") == 2                                      # one answer line per question
     r = _run(str(BIN / "compodistill"), "chat", "--model", str(tmp_path / "out"), "--image", str(tmp_path / "nope.png"))
-    assert r.returncode != 0 and "no such image file" in r.stderr
+    assert r.returncode == 2 and f"--image: missing image: {tmp_path / 'nope.png'} does not exist" in r.stderr
 
 
 def _error_line(r, command):
