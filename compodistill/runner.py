@@ -307,7 +307,7 @@ def _resume_point(trainer, out:Path, name:str) -> str|None:
         print(f"stage {name}: resuming from {Path(resume).name} (step {step}" + (f" of {total})" if total > 0 else ")"))
     return resume
 
-STAGE_ENTRIES = re.compile(r"checkpoint-\d+|model|config\.json|stage\.json|runs|\.lock|\.model\.(tmp|old)-\d+")  # what a stage writes
+STAGE_ENTRIES = re.compile(r"checkpoint-\d+|model|\.?config\.json(\.tmp)?|stage\.json|runs|\.lock|\.model\.(tmp|old)-\d+")  # what a stage writes
 
 def check_output_dir(out:Path, # a stage's output folder
                     ):
@@ -338,13 +338,16 @@ def run_stage(cfg:StageConfig, # what to train
               args:TrainingArguments, # how to train it (output_dir, optimisation, checkpointing)
              ) -> Path:
     "Train one stage (resuming if interrupted) and write its model to `<output_dir>/model`; return that path."
-    r, out = check_inputs(cfg), Path(args.output_dir)
+    r, out, main = check_inputs(cfg), Path(args.output_dir), args.process_index == 0
+    if not main: return _train(cfg, args, r, out, {})  # the main process checks, locks and writes the records
     check_output_dir(out)
-    with folder_lock(out) if args.process_index == 0 else contextlib.nullcontext():  # one run per folder
+    with folder_lock(out):  # one run per folder
         if cfg.restart: _start_over(out)
         inputs = input_identities(asdict(cfg))
         _refuse_other_run(cfg, args, out, inputs)
-        (out / "config.json").write_text(json.dumps({**recorded_settings(cfg, args), "inputs": inputs}, indent=1))
+        record = out / ".config.json.tmp"  # written whole, then renamed: another process never reads half of it
+        record.write_text(json.dumps({**recorded_settings(cfg, args), "inputs": inputs}, indent=1))
+        os.replace(record, out / "config.json")
         return _train(cfg, args, r, out, inputs)
 
 def _train(cfg:StageConfig, args:TrainingArguments, r:Resolved, out:Path, inputs:dict) -> Path:
