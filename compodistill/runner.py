@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -189,13 +190,19 @@ def parse_stage_config(path:str|Path|None=None, # YAML file with StageConfig and
 STAGE_DONE = "stage.json"
 MODEL_INPUTS, FILE_INPUTS = ("model", "teacher", "copy_vision_from"), ("data",)  # a stage's input keys, by kind
 
-def file_sha256(path:str|Path, # a file
-               ) -> str:
-    "The SHA-256 of a file's bytes."
+@functools.lru_cache(maxsize=256)
+def _sha256(path:str, size:int, mtime_ns:int) -> str:
+    "The SHA-256 of one version of a file (the cache key names the version)."
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
     return h.hexdigest()
+
+def file_sha256(path:str|Path, # a file
+               ) -> str:
+    "The SHA-256 of a file's bytes, read once per version (path, size, modification time): a pipeline's check asks often."
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 def weights_sha256(path:str|Path, # a checkpoint directory
                   ) -> str:
