@@ -17,9 +17,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # %% auto #0
-__all__ = ['SCORE_BLOCK_BYTES', 'GPU_BLOCK_BYTES', 'CAPTURE_ATTENTION', 'visual_positions', 'relative_depth', 'middle_band',
-           'visual_attention_probs', 'VisualPlan', 'visual_plan', 'visual_map', 'enable_capture', 'VisualAttention',
-           'capture_visual_attention', 'visual_block']
+__all__ = ['SCORE_BLOCK_BYTES', 'GPU_BLOCK_BYTES', 'CAPTURE_ATTENTION', 'visual_positions', 'TextQueries', 'text_queries',
+           'relative_depth', 'middle_band', 'visual_attention_probs', 'VisualPlan', 'visual_plan', 'visual_map',
+           'enable_capture', 'VisualAttention', 'capture_visual_attention', 'visual_block']
 
 # %% ../nbs/03_attention.ipynb #ae67c609
 def visual_positions(input_ids:torch.Tensor, # (batch, seq) token ids
@@ -36,6 +36,33 @@ def visual_positions(input_ids:torch.Tensor, # (batch, seq) token ids
     order = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     pos = torch.where(is_img, order, order + input_ids.shape[1]).sort(1).values[:, :n]  # image positions first
     return torch.where(present[:, None], pos, torch.arange(n, device=pos.device).clamp(max=input_ids.shape[1] - 1)), present
+
+# %% ../nbs/03_attention.ipynb #25c8b8f1
+class TextQueries(NamedTuple):
+    "The prompt rows after the image of each sample, padded to one width."
+    positions: torch.Tensor  # (batch, n_q) sequence positions; padding repeats a real row
+    rows: torch.Tensor  # (batch, n_q) bool: a real row (not padding)
+    turn: torch.Tensor  # (batch, n_q) the question a row belongs to: answers before it
+
+def text_queries(input_ids:torch.Tensor, # (batch, seq) token ids
+                 attention_mask:torch.Tensor, # (batch, seq) 1 on real tokens
+                 labels:torch.Tensor, # (batch, seq) -100 except on answer tokens
+                 image_token_id:int, # id of the image placeholder
+                ) -> TextQueries:
+    "The question tokens and answer-predicting positions after each sample's image, as padded query positions."
+    k_idx, present = visual_positions(input_ids, image_token_id)
+    order = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+    after = order > torch.where(present, k_idx.max(1).values if k_idx.shape[1] else -1, input_ids.shape[1])[:, None]
+    prompt = after & attention_mask.bool() & (labels == -100)
+    answer = labels != -100
+    ended = answer[:, :-1] & ~answer[:, 1:]  # an answer run ends before position i + 1
+    turns = torch.cat([ended.new_zeros(len(ended), 1), ended], 1).long().cumsum(1)
+    n = max(int(prompt.sum(1).max()), 1)
+    pos = torch.where(prompt, order, order + input_ids.shape[1]).sort(1).values[:, :n]  # prompt positions first
+    rows = pos < input_ids.shape[1]
+    last = torch.where(rows, pos, -1).max(1, keepdim=True).values.clamp(min=0)
+    pos = torch.where(rows, pos, last)
+    return TextQueries(pos, rows, turns.gather(1, pos))
 
 # %% ../nbs/03_attention.ipynb #3de89f69
 def relative_depth(n_layers:int, # number of layers
@@ -238,18 +265,23 @@ class VisualAttention:
 def capture_visual_attention(model:LlavaForConditionalGeneration, # the model that will run the forward pass
                              input_ids:torch.Tensor, # (batch, seq) ids of that forward pass
                              layers, # LLM layer indices (0-based) to capture
-                             queries:str="visual", # "visual": visual queries only; "all": every position
+                             queries:str|torch.Tensor="visual", # "visual": visual queries; "all": every position; or (batch, n_q) positions
                              per_head:bool=False, # keep heads separate instead of averaging them
                              reduce=None, # `reduce(layer, map)`, called as each map is made, is kept instead of it
                             ):
     "Context manager: capture the visual-key attention of `layers` during one forward pass of `model`."
-    if queries not in ("visual", "all"): raise ValueError(f"queries must be 'visual' or 'all', got {queries!r}")
+    given = isinstance(queries, torch.Tensor)
+    if not given and queries not in ("visual", "all"):
+        raise ValueError(f"queries must be 'visual', 'all' or a (batch, n_q) tensor of positions, got {queries!r}")
+    if given and (queries.shape[0] != len(input_ids) or queries.dim() != 2):
+        raise ValueError(f"query positions {tuple(queries.shape)} do not match the batch of {len(input_ids)} samples")
     blocks = model.model.language_model.layers
     bad = [l for l in layers if not 0 <= l < len(blocks)]
     if bad: raise ValueError(f"layers {bad} out of range: the LLM has {len(blocks)} layers (0-based)")
     enable_capture(model)
     k_idx, present = visual_positions(input_ids, model.config.image_token_id)
-    q_idx = k_idx if queries == "visual" else torch.arange(input_ids.shape[1], device=input_ids.device).expand(len(input_ids), -1)
+    q_idx = queries if given else k_idx if queries == "visual" else \
+        torch.arange(input_ids.shape[1], device=input_ids.device).expand(len(input_ids), -1)
     cap = VisualAttention(list(layers), q_idx, k_idx, present, per_head, reduce,
                           _modules={blocks[l].self_attn: l for l in layers})
     checkpointed = {l: blocks[l].gradient_checkpointing for l in layers}

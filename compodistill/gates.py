@@ -184,8 +184,11 @@ def pooled_probe(model, # a LLaVA model whose tower to read
 def teacher_report(pipe, # a `Pipeline` whose shared stages end in a stage named `teacher`, on the grid world
                    batch_size:int=64, # questions per forward pass
                   ) -> dict:
-    "Train the shared stages if needed; the teacher's scores, the scrambled-image control, the probe control and the gates."
+    "Train the shared stages if needed; the teacher's scores, both controls, the gates and its looking profiles (kept in `gates.json` per teacher)."
     run_pipeline(pipe, only=list(pipe.shared_stages))
+    done, path = stage_dir(pipe, "teacher") / "stage.json", stage_dir(pipe, "teacher").parent / "gates.json"
+    sha = json.loads(done.read_text())["model_sha256"]
+    if path.is_file() and (old := json.loads(path.read_text())).get("teacher_sha256") == sha: return old  # this teacher's
     teacher, processor = load_llava(stage_dir(pipe, "teacher") / "model")
     test, rng = eval_records(pipe.data_root), random.Random(0)
     scores = score_grid(teacher, processor, test, batch_size)
@@ -193,7 +196,9 @@ def teacher_report(pipe, # a `Pipeline` whose shared stages end in a stage named
                   probe=pooled_probe(teacher, processor, turn_records(pipe.data_root / "train.json", limit=2000), test),
                   gates=gate_rows(scores), tested_relations=tested_relations(scores),
                   looking=grid_looking(teacher, processor, test["binding"] + test["relation"], batch_size))
-    (stage_dir(pipe, "teacher").parent / "gates.json").write_text(json.dumps(report, indent=1))
+    report["ratios"] = [(w + a) / 2 for w, a in zip(report["looking"]["word"], report["looking"]["answer"])]  # for `ratio:` matching
+    report["teacher_sha256"] = sha
+    path.write_text(json.dumps(report, indent=1))
     return report
 
 def markdown_table(header:list, # column names

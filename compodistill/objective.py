@@ -56,10 +56,15 @@ class DistillationLoss:
     temperature:float = 1.0  # logit-distillation temperature
     kd_kind:str = "kl"  # "kl" (paper) or "ce" (official code's logged value)
     vat_reduction:str = "sum"  # how the VAT loss is made: over layer pairs, "sum" (official) or "mean" (paper)
-    vat_filter:bool = True  # how the VAT loss is made: with the mean + std outlier filter
+    vat_filter:bool = True  # how the VAT loss is made: with the mean + std outlier filter (visual rows)
+    vat_queries:str = "visual"  # VAT's query rows: "visual" (official code) or "text" (paper's notation)
+    vat_target:str = "teacher"  # VAT's target: "teacher", "shuffled" (another image's) or "oracle" (the named cells)
 
     def __post_init__(self):
         if self.kd_weight < 0 or self.vat_weight < 0: raise ValueError("loss weights must be >= 0")
+        if self.vat_queries not in ("visual", "text"): raise ValueError(f"vat_queries must be visual or text, got {self.vat_queries!r}")
+        if self.vat_target not in ("teacher", "shuffled", "oracle"):
+            raise ValueError(f"vat_target must be teacher, shuffled or oracle, got {self.vat_target!r}")
         if not self.temperature > 0: raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
     def __call__(self, lm_loss:torch.Tensor, # the student's language-model loss

@@ -37,6 +37,7 @@ class Pipeline:
     shared_root: Path|None = None  # where the shared stages and the teacher's starting checkpoint go
     shared_stages: tuple = ()  # stages shared by every seed's run, trained with `file_seed`
     file_seed: int = 0  # the file's own seed (before a `seed=` override)
+    gates: bool = True  # a reproduction stops on a teacher that fails a gate (`10a_gates`); false only for smoke pipelines
 
     @classmethod
     def from_yaml(cls, path:str|Path, # the pipeline file
@@ -46,7 +47,7 @@ class Pipeline:
         path = Path(path)
         if not path.is_file(): raise FileNotFoundError(f"pipeline file {path} not found")
         raw = {**read_yaml(path), **overrides}
-        unknown = set(raw) - {"root", "data_root", "init", "stages", "defaults", "world", "seed", "shared"}
+        unknown = set(raw) - {"root", "data_root", "init", "stages", "defaults", "world", "seed", "shared", "gates"}
         if unknown: raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
         for key in ("root", "init", "stages"):
             if key not in raw: raise ValueError(f"{path}: missing key {key!r}")
@@ -57,7 +58,7 @@ class Pipeline:
             raise ValueError(f"{path}: shared needs root and stages (names of stages), got {shared}")
         return cls(Path(str(raw["root"]).replace("{seed}", str(seed))), Path(raw.get("data_root", ".")), raw["init"],
                    raw["stages"], raw.get("defaults", {}), raw.get("world"), seed,
-                   Path(shared["root"]) if shared else None, tuple(shared.get("stages", ())), file_seed)
+                   Path(shared["root"]) if shared else None, tuple(shared.get("stages", ())), file_seed, bool(raw.get("gates", True)))
 
 # %% ../nbs/08e_pipeline.ipynb #7043c4df
 def stage_dir(pipe:Pipeline, # the pipeline
@@ -73,13 +74,17 @@ def init_dir(pipe:Pipeline, # the pipeline
     return (pipe.shared_root if pipe.shared_stages and role == "teacher" else pipe.root) / "init" / role
 
 def resolve(pipe:Pipeline, # the pipeline
-            value, # a config value, possibly "@init/<name>", "@<stage>" or "@data/<path>"
+            value, # a config value, possibly "@init/<name>", "@<stage>", "@data/<path>", "@shared/<path>" or "<kind>:@..."
            ):
-    "A config value with its reference replaced by a path (other values unchanged)."
-    if not isinstance(value, str) or not value.startswith("@"): return value
+    "A config value with its reference replaced by a path (other values unchanged); `ratio:@shared/gates.json` keeps its kind."
+    if not isinstance(value, str): return value
+    kind, sep, ref = value.partition(":@")  # a matching or VAT target naming a file: ratio:@..., oracle:@..., report:@...
+    if sep and kind.isidentifier(): return f"{kind}:{resolve(pipe, '@' + ref)}"
+    if not value.startswith("@"): return value
     head, _, rest = value[1:].partition("/")
     if head == "init": return str(init_dir(pipe, rest))
     if head == "data": return str(pipe.data_root / rest)
+    if head == "shared": return str((pipe.shared_root or pipe.root) / rest)  # e.g. the teacher's gates report
     if head not in pipe.stages: raise ValueError(f"reference {value!r}: no stage {head!r} (stages: {', '.join(pipe.stages)})")
     return str(stage_dir(pipe, head) / "model")
 

@@ -28,9 +28,10 @@ from .data import ConversationDataset, DataCollator
 from .compat import check_compatible
 from .objective import DistillationLoss
 from .placement import trained_student, whole_weights
-from .stages import PARTS, STAGES, StageRun, setup_stage
+from .stages import PARTS, STAGES, StageRun, freeze_parts, setup_stage
 from .trainer import DistillationTrainer, DivergenceGuard
-from .vat import LayerMatching, band_matching, official_matching, ratio_matching, report_matching
+from .vat import (VAT_QUERIES, VAT_TARGETS, CellsCollator, LayerMatching, QuestionCells, band_matching, official_matching,
+                  ratio_matching, report_matching)
 from .vision import vision_run
 
 # %% auto #0
@@ -68,6 +69,9 @@ class StageConfig:
     matching: str = field(default="official", metadata={"help": "official | band | report:<analysis report.json>:<student> | ratio:<JSON with the teacher's per-layer 'ratios'>"})
     vat_k: int | None = field(default=None, metadata={"help": "layers aligned: student layers for band/report (default: the whole band), teacher layers in the window for ratio (default 1)"})
     vat_reduction: str = field(default="sum", metadata={"help": "sum (official code) | mean (paper's equation) over layer pairs"})
+    vat_queries: str = field(default="visual", metadata={"help": "VAT's query rows: visual (official code) | text (paper's notation: question tokens and answer-predicting positions)"})
+    vat_target: str = field(default="teacher", metadata={"help": "teacher | shuffled (its maps on another image) | oracle:<question file> (the cells each question names)"})
+    freeze: list[str] = field(default_factory=list, metadata={"help": "parts kept frozen although the stage trains them, e.g. [vision] for a projector-only vision stage"})
     also_train: list[str] = field(default_factory=list, metadata={"help": "parts trained besides the stage's: llm, vision, projector (small scale: nothing is pretrained)"})
     lora_r: int = field(default=128, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha"})
@@ -78,8 +82,13 @@ class StageConfig:
         if self.stage not in STAGES: raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         if self.template not in (None, "chat", "plain"): raise ValueError(f"template must be chat or plain, got {self.template!r}")
         if self.vat_reduction not in ("sum", "mean"): raise ValueError(f"vat_reduction must be sum or mean, got {self.vat_reduction!r}")
-        bad = [p for p in self.also_train if p not in PARTS]
-        if bad: raise ValueError(f"also_train: unknown parts {bad}; known: {', '.join(PARTS)}")
+        bad = [p for p in self.also_train + self.freeze if p not in PARTS]
+        if bad: raise ValueError(f"also_train/freeze: unknown parts {bad}; known: {', '.join(PARTS)}")
+        if self.vat_queries not in VAT_QUERIES: raise ValueError(f"vat_queries must be visual or text, got {self.vat_queries!r}")
+        target = self.vat_target.partition(":")[0]
+        if target not in VAT_TARGETS or (target == "oracle") != (":" in self.vat_target):
+            raise ValueError(f"vat_target must be teacher, shuffled or oracle:<question file>, got {self.vat_target!r}")
+        if target == "oracle" and self.vat_queries != "text": raise ValueError("vat_target oracle needs vat_queries: text")
         if self.matching not in ("official", "band") and not self.matching.startswith(("report:", "ratio:")):
             raise ValueError(f"matching must be official, band, report:<path>:<student> or ratio:<path>, got {self.matching!r}")
 
@@ -120,7 +129,8 @@ def check_inputs(cfg:StageConfig, # the stage
     if r.kd_weight > 0 or r.vat_weight > 0 or (r.taf and not has_taf):
         if not cfg.teacher: raise ValueError(f"stage {cfg.stage!r} distils or fetches the teacher's adapter: set `teacher`")
         _checkpoint(cfg, "teacher")
-    if not Path(cfg.data).is_file(): raise FileNotFoundError(f"stage {cfg.stage!r}: data file {cfg.data} not found")
+    for what, path in (("data file", cfg.data), ("oracle's question file", cfg.vat_target.partition(":")[2] or cfg.data)):
+        if not Path(path).is_file(): raise FileNotFoundError(f"stage {cfg.stage!r}: {what} {path} not found")
     return r
 
 # %% ../nbs/08d_runner.ipynb #7de96d44
@@ -250,10 +260,15 @@ def _distillation_run(cfg:StageConfig, args:TrainingArguments, r:Resolved) -> St
     model, processor, teacher = load()
     data = ConversationDataset(cfg.data, processor, cfg.image_folder, r.template, cfg.max_length, cfg.on_error,
                                cfg.ignore_keys)
-    objective = DistillationLoss(r.kd_weight, r.vat_weight, cfg.temperature, vat_reduction=cfg.vat_reduction)
+    target, _, questions = cfg.vat_target.partition(":")
+    if questions:  # the oracle's cells travel with the batch (the Trainer would drop what the model does not take)
+        data, args.remove_unused_columns = QuestionCells(data, questions), False
+    objective = DistillationLoss(r.kd_weight, r.vat_weight, cfg.temperature, vat_reduction=cfg.vat_reduction,
+                                 vat_queries=cfg.vat_queries, vat_target=target)
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     matching = _matching(cfg, teacher, base) if r.vat_weight else None
-    trainer = DistillationTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollator(processor),
+    collator = (CellsCollator if questions else DataCollator)(processor)
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=data, data_collator=collator,
                                   teacher=teacher if (r.kd_weight or r.vat_weight) else None,
                                   objective=objective, matching=matching)
     return StageRun(trainer, model, processor, data, lambda: load()[0])
@@ -362,6 +377,7 @@ def _train(cfg:StageConfig, args:TrainingArguments, r:Resolved, out:Path, inputs
     run = vision_run(cfg, args) if cfg.stage == "vision" else _distillation_run(cfg, args, r)
     trainer, data = run.trainer, run.data
     trainer.add_callback(DivergenceGuard(cfg.divergence_patience))
+    freeze_parts(run.model, cfg.freeze)  # before `train` makes the optimizer
     world = args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
     matching = getattr(trainer, "matching", None)
     if trainer.is_world_process_zero():

@@ -15,7 +15,7 @@ from .models import TAFProjector
 from .taf import attach_taf
 
 # %% auto #0
-__all__ = ['STAGES', 'LORA_TARGETS', 'PARTS', 'Stage', 'setup_stage', 'trainable_summary', 'StageRun']
+__all__ = ['STAGES', 'LORA_TARGETS', 'PARTS', 'Stage', 'freeze_parts', 'setup_stage', 'trainable_summary', 'StageRun']
 
 # %% ../nbs/08_stages.ipynb #ae9c4745
 @dataclass(frozen=True)
@@ -43,12 +43,23 @@ LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_p
 PARTS = {"projector": ["multi_modal_projector"], "adapter": ["multi_modal_projector.adapter"],
          "llm": ["language_model", "lm_head"], "vision": ["vision_tower"]}  # trainable part -> module names
 
-def _unfreeze(model, part:str):
-    "Make a trainable part of a plain LLaVA model trainable."
+def _set_trainable(model, part:str, flag:bool):
+    "Make a part of a plain LLaVA model trainable (`flag`) or frozen."
     if part not in PARTS: raise ValueError(f"unknown trainable part {part!r}; known: lora, {', '.join(PARTS)}")
     if part == "adapter" and not isinstance(model.model.multi_modal_projector, TAFProjector):
         raise ValueError("the 'adapter' part needs a TAF projector (taf=True)")
-    for name in PARTS[part]: (model.lm_head if name == "lm_head" else model.model.get_submodule(name)).requires_grad_(True)
+    for name in PARTS[part]: (model.lm_head if name == "lm_head" else model.model.get_submodule(name)).requires_grad_(flag)
+
+def _unfreeze(model, part:str):
+    "Make a trainable part of a plain LLaVA model trainable."
+    _set_trainable(model, part, True)
+
+def freeze_parts(model, # a set-up model (plain or LoRA-wrapped LLaVA)
+                 parts, # parts to keep frozen although the stage trains them: "projector", "adapter", "llm", "vision"
+                ):
+    "Freeze `parts` of a set-up model, e.g. the tower of a vision stage that trains only the projector; return the model."
+    for part in parts: _set_trainable(model.get_base_model() if isinstance(model, PeftModel) else model, part, False)
+    return model
 
 # %% ../nbs/08_stages.ipynb #6b9518fd
 def setup_stage(model, # the LLaVA model to train (modified in place)

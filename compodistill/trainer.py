@@ -28,9 +28,11 @@ def distillation_terms(model, # the student as the Trainer calls it (may be wrap
                        step:int|None=None, # training step, for error messages
                       ) -> tuple[dict, object]:
     "One batch's loss terms and the student's output: `vat_forward` with VAT, else the teacher (if any) then the student."
-    if matching is not None and teacher is None: raise ValueError("VAT needs a teacher")
+    cells = inputs.pop("vat_cells", None)  # the oracle's target cells travel with the batch (`QuestionCells`)
+    if matching is not None and teacher is None and objective.vat_target != "oracle": raise ValueError("VAT needs a teacher")
     if matching is not None:
-        t_logits, out, vat = vat_forward(teacher, model, inputs, matching, objective.vat_reduction, objective.vat_filter, student)
+        t_logits, out, vat = vat_forward(teacher, model, inputs, matching, objective.vat_reduction, objective.vat_filter,
+                                         student, objective.vat_queries, objective.vat_target, cells)
     else:
         with torch.no_grad():
             t_logits = None if teacher is None else teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
@@ -48,7 +50,8 @@ class DistillationTrainer(CheckpointingTrainer):
         super().__init__(*args, **kwargs)
         self.objective = objective or DistillationLoss(kd_weight=0, vat_weight=0)
         self.matching = matching if self.objective.vat_weight else None
-        if self.matching is not None and teacher is None: raise ValueError("VAT needs a teacher")
+        if self.matching is not None and teacher is None and self.objective.vat_target != "oracle":
+            raise ValueError("VAT needs a teacher")
         self.teacher, self._terms = None, {}
         if self.matching is not None: check_vat_capture(getattr(self.accelerator.state, "fsdp_plugin", None), self.args)
         if teacher is not None:

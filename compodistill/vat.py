@@ -11,13 +11,15 @@ import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from .attention import capture_visual_attention, middle_band, relative_depth
+from .attention import capture_visual_attention, middle_band, relative_depth, text_queries
+from .data import DataCollator, read_json
 
 # %% auto #0
-__all__ = ['OFFICIAL_WINDOWS', 'OFFICIAL_K', 'LayerMatching', 'group_matching', 'official_matching', 'band_matching',
-           'simple_matching', 'adaptive_matching', 'report_matching', 'ratio_matching', 'group_teacher_maps',
-           'outlier_filter', 'pool_over_queries', 'vat_pair_losses', 'vat_loss', 'reduce_pair_losses', 'TeacherTargets',
-           'PairLosses', 'vat_forward']
+__all__ = ['OFFICIAL_WINDOWS', 'OFFICIAL_K', 'VAT_QUERIES', 'VAT_TARGETS', 'LayerMatching', 'group_matching', 'official_matching',
+           'band_matching', 'simple_matching', 'adaptive_matching', 'report_matching', 'ratio_matching',
+           'group_teacher_maps', 'outlier_filter', 'pool_over_queries', 'vat_pair_losses', 'vat_loss',
+           'reduce_pair_losses', 'row_losses', 'oracle_maps', 'shuffled_images', 'TeacherTargets', 'PairLosses',
+           'vat_forward', 'QuestionCells', 'CellsCollator']
 
 # %% ../nbs/05_vat.ipynb #7b911215
 @dataclass(frozen=True)
@@ -201,6 +203,36 @@ def reduce_pair_losses(pairs:torch.Tensor, # (k, batch) losses of the matched pa
     if not present.any(): return per_sample.sum() * 0  # keeps the graph, contributes nothing
     return per_sample[present].mean()
 
+# %% ../nbs/05_vat.ipynb #3fa5299e
+VAT_QUERIES = ("visual", "text")  # the official visual rows, or the paper's text rows
+VAT_TARGETS = ("teacher", "shuffled", "oracle")  # where a row's target comes from
+
+def row_losses(student:torch.Tensor, # (..., batch, n_q, N_v) student maps of the text rows
+               teacher:torch.Tensor, # (..., batch, n_q, N_v) targets of the same rows
+               rows:torch.Tensor, # (batch, n_q) bool: the real rows (not padding)
+              ) -> torch.Tensor:
+    "1 − cosine of each row over the visual keys, averaged over a sample's real rows: `(..., batch)` (0 without rows)."
+    cos = torch.nn.functional.cosine_similarity(student, teacher.detach().to(student.dtype), dim=-1, eps=1e-8)
+    w = rows.to(cos.dtype)
+    return ((1 - cos) * w).sum(-1) / w.sum(-1).clamp(min=1)
+
+# %% ../nbs/05_vat.ipynb #f1c3c524
+def oracle_maps(cells:torch.Tensor, # (batch, turns, N_v) 0/1: the cells each question of a sample names
+                turn:torch.Tensor, # (batch, n_q) the question each row belongs to (`TextQueries.turn`)
+                rows:torch.Tensor, # (batch, n_q) bool: the real rows
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Targets spreading each row evenly over its question's cells `(batch, n_q, N_v)`, and the rows that have cells."
+    t = cells.gather(1, turn.clamp(max=cells.shape[1] - 1)[..., None].expand(-1, -1, cells.shape[-1])).float()
+    has = rows & (turn < cells.shape[1]) & (t.sum(-1) > 0)
+    return t / t.sum(-1, keepdim=True).clamp(min=1), has
+
+def shuffled_images(inputs:dict, # a batch with `pixel_values` (images, C, H, W)
+                   ) -> dict:
+    "The batch with every image moved to the next sample that has one: the same questions, another image."
+    pv = inputs.get("pixel_values")
+    if pv is None or len(pv) < 2: raise ValueError("the shuffled control needs at least two images in every batch")
+    return {**inputs, "pixel_values": pv.roll(1, 0)}
+
 # %% ../nbs/05_vat.ipynb #393a4202
 class TeacherTargets:
     "A capture `reduce` for the teacher: adds each layer's map into the group averages of a matching, keeps nothing else."
@@ -223,37 +255,103 @@ class PairLosses:
     "A capture `reduce` for the student: each matched layer's map becomes that pair's VAT loss per sample, `(batch,)`."
     def __init__(self, matching:LayerMatching, # the layer matching
                  targets:torch.Tensor, # (k, batch, n_q, N_v) the teacher's group maps
-                 filter_outliers:bool=True, # apply the mean + std outlier filter
+                 filter_outliers:bool=True, # apply the mean + std outlier filter (visual rows)
+                 rows:torch.Tensor|None=None, # (batch, n_q) the real text rows: compare row by row (`row_losses`)
                 ):
-        self.targets, self.filter_outliers = targets, filter_outliers
+        self.targets, self.filter_outliers, self.rows = targets, filter_outliers, rows
         self.pair = {l: j for j, l in enumerate(matching.student_layers)}
 
     def __call__(self, layer:int, attn:torch.Tensor) -> torch.Tensor:
         "The pair loss of student `layer`, from its map `attn` (batch, n_q, N_v) and its group's target."
-        return vat_pair_losses(attn, self.targets[self.pair[layer]], self.filter_outliers)
+        target = self.targets[self.pair[layer]]
+        if self.rows is not None: return row_losses(attn, target, self.rows)
+        return vat_pair_losses(attn, target, self.filter_outliers)
 
 
 # %% ../nbs/05_vat.ipynb #ac7082bc
 @torch.no_grad()
-def _teacher_forward(teacher, inputs:dict, matching:LayerMatching) -> tuple[torch.Tensor, torch.Tensor]:
+def _teacher_forward(teacher, inputs:dict, matching:LayerMatching, queries="visual") -> tuple[torch.Tensor, torch.Tensor]:
     "Teacher logits and VAT's group targets `(k, batch, n_q, N_v)`, without gradients (`teacher` may be DeepSpeed/FSDP-wrapped)."
     targets = TeacherTargets(matching)
     with capture_visual_attention(extract_model_from_parallel(teacher), inputs["input_ids"], matching.teacher_layers,
-                                  reduce=targets):
+                                  queries=queries, reduce=targets):
         out = teacher(**{k: v for k, v in inputs.items() if k != "labels"})  # the wrapper runs, the capture reads the layers
     return out.logits, targets.maps()
 
-def vat_forward(teacher, # the frozen teacher (may be wrapped: DeepSpeed, FSDP)
+@torch.no_grad()
+def _teacher_logits(teacher, inputs:dict) -> torch.Tensor|None:
+    "The teacher's logits on the batch as it is (None without a teacher)."
+    return None if teacher is None else teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+
+def _targets(teacher, inputs:dict, matching:LayerMatching, queries, target:str, cells, text) -> tuple:
+    "Teacher logits on the batch as it is, the targets `(k, batch, n_q, N_v)` and the rows they cover (None: visual rows)."
+    rows = None if text is None else text.rows
+    if target == "oracle":
+        maps, rows = oracle_maps(cells, text.turn, rows)
+        return _teacher_logits(teacher, inputs), maps.expand(len(matching.student_layers), *maps.shape), rows
+    if target == "shuffled":
+        return _teacher_logits(teacher, inputs), _teacher_forward(teacher, shuffled_images(inputs), matching, queries)[1], rows
+    return (*_teacher_forward(teacher, inputs, matching, queries), rows)
+
+def vat_forward(teacher, # the frozen teacher (may be wrapped: DeepSpeed, FSDP); None only for the oracle without KD
                 student, # the student as the trainer calls it (may be wrapped: DDP, DeepSpeed, FSDP, LoRA)
                 inputs:dict, # the batch, with labels (the teacher is not given them)
                 matching:LayerMatching, # the layer matching
                 reduction:str="sum", # over pairs: "sum" (official code) or "mean" (paper's equation)
-                filter_outliers:bool=True, # apply the mean + std outlier filter
+                filter_outliers:bool=True, # apply the mean + std outlier filter (visual rows)
                 plain_student=None, # the plain LLaVA model inside `student`, for the capture (default: `student`)
+                queries:str="visual", # query rows: "visual" (official) or "text" (paper's notation)
+                target:str="teacher", # "teacher", "shuffled" (teacher maps on another image) or "oracle" (named cells)
+                cells:torch.Tensor|None=None, # (batch, turns, N_v) the cells each question names, for the oracle
                ) -> tuple:
     "One batch with VAT, the teacher first: its logits, the student's output and the VAT loss, made as the student's layers run."
-    t_logits, targets = _teacher_forward(teacher, inputs, matching)
-    with capture_visual_attention(plain_student or student, inputs["input_ids"], matching.student_layers,
-                                  reduce=PairLosses(matching, targets, filter_outliers)) as cap:
+    if queries not in VAT_QUERIES or target not in VAT_TARGETS:
+        raise ValueError(f"queries must be one of {VAT_QUERIES} and target one of {VAT_TARGETS}, got {queries!r}, {target!r}")
+    if target == "oracle" and (queries != "text" or cells is None):
+        raise ValueError("the oracle target needs text queries and the cells each question names")
+    if teacher is None and target != "oracle": raise ValueError("VAT needs a teacher")
+    plain = plain_student or student
+    text = None if queries == "visual" else text_queries(inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                                                         plain.config.image_token_id)
+    q = "visual" if text is None else text.positions
+    t_logits, targets, rows = _targets(teacher, inputs, matching, q, target, cells, text)
+    with capture_visual_attention(plain, inputs["input_ids"], matching.student_layers, queries=q,
+                                  reduce=PairLosses(matching, targets, filter_outliers, rows)) as cap:
         out = student(**inputs)
-    return t_logits, out, reduce_pair_losses(cap.stack(), cap.present, reduction)
+    present = cap.present if rows is None else cap.present & rows.any(1)
+    return t_logits, out, reduce_pair_losses(cap.stack(), present, reduction)
+
+# %% ../nbs/05_vat.ipynb #44b225eb
+class QuestionCells(torch.utils.data.Dataset):
+    "A conversation dataset whose samples also carry `vat_cells` `(questions, N_v)`: the cells each question names."
+    def __init__(self, data, # a `ConversationDataset` (its records have ids)
+                 path, # JSON: record id -> list of {"cells": [...]} per question, in the conversation's order
+                ):
+        self.data, self.report, questions = data, data.report, read_json(path, "question file")
+        n_v, ids = data.n_image_tokens, [data.records[i]["id"] for i in data.indices]
+        if missing := [i for i in ids if str(i) not in questions]:
+            raise ValueError(f"{path}: no questions for record {missing[0]!r} ({len(missing)} records missing)")
+        self.cells = [self._cells(questions[str(i)], n_v, path, i) for i in ids]
+
+    @staticmethod
+    def _cells(questions:list, n_v:int, path, rid) -> torch.Tensor:
+        "One record's questions as a `(questions, n_v)` 0/1 tensor, every cell checked."
+        out = torch.zeros(len(questions), n_v)
+        for t, q in enumerate(questions):
+            cells = q.get("cells") if isinstance(q, dict) else None
+            if not isinstance(cells, list) or any(not isinstance(c, int) or not 0 <= c < n_v for c in cells):
+                raise ValueError(f"{path}: record {rid!r}, question {t}: 'cells' must be a list of 0..{n_v - 1}, got {cells!r}")
+            out[t, cells] = 1
+        return out
+
+    def __len__(self): return len(self.data)
+    def __getitem__(self, i:int) -> dict: return {**self.data[i], "vat_cells": self.cells[i]}
+
+class CellsCollator(DataCollator):
+    "`DataCollator` that also pads the samples' `vat_cells` to the batch's most questions."
+    def __call__(self, samples:list[dict]) -> dict:
+        "The batch, with `vat_cells` `(batch, questions, N_v)`."
+        batch, cells = super().__call__(samples), [s["vat_cells"] for s in samples]
+        out = cells[0].new_zeros(len(cells), max(len(c) for c in cells), cells[0].shape[-1])
+        for i, c in enumerate(cells): out[i, :len(c)] = c
+        return {**batch, "vat_cells": out}

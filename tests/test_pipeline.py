@@ -96,33 +96,39 @@ def _shipped(name):
 def test_the_shipped_small_pipeline_is_valid_and_seeded(tmp_path):
     """configs/small: every stage checks out, the seed reaches the root, the starting models and every stage."""
     pipe = Pipeline.from_yaml(_shipped("small"), data_root=str(tmp_path / "world"), seed="2")
-    assert pipe.root == Path("runs/small/seed2") and pipe.seed == 2 and pipe.world["n_train"] == 3000
+    assert pipe.root == Path("runs/small/seed2") and pipe.seed == 2 and pipe.world["n_train"] == 96000 and pipe.gates
     assert pipe.shared_root == Path("runs/small/shared")
     pipe.root, pipe.shared_root = tmp_path / "seed2", tmp_path / "shared"  # independent of runs/ in the checkout
     status = run_pipeline(pipe, dry_run=True)
-    assert len(status) == 18 and {s for _, s in status} == {"would run"}
+    assert len(status) == 15 and {s for _, s in status} == {"would run"}
     assert not (tmp_path / "world").exists()  # a dry run writes nothing
     from compodistill.pipeline import stage_values
     assert stage_values(pipe, "dft")["seed"] == 2 and "seed" not in stage_values(pipe, "student_base")
     order = stage_order(pipe)
-    assert order.index("teacher_lm") < order.index("vision") < order.index("teacher_pretrain") < order.index("teacher")
-    assert order.index("vision") < order.index("student_base") < order.index("student_pretrain") < order.index("dpt")
+    assert order.index("vision") < order.index("teacher_binding") < order.index("teacher") < order.index("kd")
+    assert order.index("vision") < order.index("student_base") < order.index("student") < order.index("none")
+    assert order.index("dpt") < order.index("dft") < order.index("sft")
     tiny, small = (yaml.safe_load(_shipped(n).read_text()) for n in ("tiny", "small"))
-    budget = ("max_steps", "per_device_train_batch_size", "learning_rate")
+    budget = ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "warmup_steps")
     assert tiny["stages"] == {n: {k: v for k, v in st.items() if k not in budget} for n, st in small["stages"].items()}
-    assert tiny["shared"]["stages"] == small["shared"]["stages"] == ["teacher_lm", "vision", "teacher_pretrain", "teacher"]
+    assert tiny["shared"]["stages"] == small["shared"]["stages"] == ["vision", "teacher_binding", "teacher"]
+    steps = lambda n: small["stages"][n].get("max_steps", small["defaults"]["max_steps"])
+    assert len({steps(n) for n in ("none", "kd", "vat_band", "vat_look", "vat_shuffled", "oracle", "vat_official")}) == 1
+    assert steps("dpt") + steps("dft") + steps("sft") == steps("kd")  # CompoDistill at the same total budget
     with pytest.raises(ValueError, match="seed must be an integer"): Pipeline.from_yaml(_shipped("small"), seed="x")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     "configs/tiny run once from nothing (seed 3), for every test that needs its checkpoints: (its folder, a pipeline of any seed there, the status)."
+    from compodistill.gates import teacher_report
     tmp_path = tmp_path_factory.mktemp("tiny")
     def tiny(seed):
         pipe = Pipeline.from_yaml(_shipped("tiny"), root=str(tmp_path / "seed{seed}"), data_root=str(tmp_path / "world"),
                                   seed=str(seed))
         pipe.shared_root = tmp_path / "shared"
         return pipe
+    teacher_report(tiny(3))  # the shared stages, and the looking profile `ratio:@shared/gates.json` reads
     return tmp_path, tiny, run_pipeline(tiny(3))
 
 
@@ -133,28 +139,32 @@ def test_the_tiny_pipeline_runs_from_nothing(tiny_run):
     tmp_path, tiny, status = tiny_run
     pipe = tiny(3)
     assert pipe.root == tmp_path / "seed3"
-    assert len(status) == 18 and {s for _, s in status} == {"ran"}
-    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["init", "teacher", "teacher_lm", "teacher_pretrain", "vision"]
+    assert [n for n, s in status if s == "done"] == ["vision", "teacher_binding", "teacher"]  # trained by the report
+    assert len(status) == 15 and {s for n, s in status if n not in pipe.shared_stages} == {"ran"}
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["gates.json", "init", "teacher", "teacher_binding", "vision"]
     again = run_pipeline(tiny(4))  # another seed: the shared teacher is reused, every student stage runs
-    assert [n for n, s in again if s == "done"] == ["teacher_lm", "vision", "teacher_pretrain", "teacher"]
+    assert [n for n, s in again if s == "done"] == ["vision", "teacher_binding", "teacher"]
     assert json.loads((tmp_path / "seed4" / "dft" / "config.json").read_text())["training"]["seed"] == 4
     assert json.loads((tmp_path / "shared" / "teacher" / "config.json").read_text())["training"]["seed"] == 0
     manifest = json.loads((tmp_path / "world" / "world.json").read_text())
-    assert manifest["n_train"] == 48 and manifest["counts"]["train_text"] > 96
+    assert manifest["n_train"] == 64
     for name, _ in status:
         done = json.loads(((tmp_path / "shared" if name in pipe.shared_stages else tmp_path / "seed3") / name / STAGE_DONE).read_text())
-        assert done["stage"] == "copy_vision" if name == "student_base" else done["steps"] == 3, name
-    resolved = json.loads((tmp_path / "seed3" / "dft" / "config.json").read_text())
-    assert resolved["training"]["seed"] == 3 and resolved["resolved"]["vat_weight"] == 1
-    lm = json.loads((tmp_path / "shared" / "teacher_lm" / "config.json").read_text())["resolved"]
-    assert lm["trains"] == ["llm"] and lm["template"] == "plain"
+        assert done["stage"] == "copy_vision" if name == "student_base" else done["steps"] == 2, name
+    look = json.loads((tmp_path / "seed3" / "vat_look" / "config.json").read_text())
+    assert look["stage"]["matching"] == f"ratio:{tmp_path / 'shared' / 'gates.json'}" and look["resolved"]["vat_weight"] == 10
+    oracle = json.loads((tmp_path / "seed3" / "oracle" / "config.json").read_text())["stage"]
+    assert oracle["vat_target"] == f"oracle:{tmp_path / 'world' / 'train_questions.json'}" and oracle["vat_queries"] == "text"
+    student = json.loads((tmp_path / "seed3" / "student" / "config.json").read_text())
+    assert student["stage"]["freeze"] == ["vision"] and student["resolved"]["trains"] == ["vision", "projector"]
     from compodistill.checkpoints import load_llava
-    t, _ = load_llava(tmp_path / "shared" / "teacher_pretrain" / "model")
+    t, _ = load_llava(tmp_path / "shared" / "teacher" / "model")
     s, _ = load_llava(tmp_path / "seed3" / "dft" / "model")
+    st, _ = load_llava(tmp_path / "seed3" / "student" / "model")
     i, _ = load_llava(tmp_path / "shared" / "init" / "teacher")
     for (n, a), b, c in zip(t.model.vision_tower.state_dict().items(), s.model.vision_tower.state_dict().values(),
-                            i.model.vision_tower.state_dict().values()):
-        assert (a == b).all(), n  # the students see through the teacher's trained tower
+                            st.model.vision_tower.state_dict().values()):
+        assert (a == b).all() and (a == c).all(), n  # the students see through the teacher's trained tower, frozen
     assert any((a != c).any() for a, c in zip(t.model.vision_tower.parameters(), i.model.vision_tower.parameters()))
     other = Pipeline.from_yaml(_shipped("tiny"), root=str(tmp_path / "x"), data_root=str(tmp_path / "world"))
     other.world = {**other.world, "n_train": 50}
