@@ -9,12 +9,13 @@ import errno
 import json
 import os
 import socket
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['LOCK', 'refuse_existing', 'folder_lock', 'DiskFullError', 'is_disk_full']
+__all__ = ['LOCK', 'refuse_existing', 'check_output_file', 'folder_lock', 'DiskFullError', 'is_disk_full']
 
 # %% ../nbs/00b_guards.ipynb #6c977232
 def refuse_existing(path:str|Path, # the file or folder about to be written
@@ -27,6 +28,20 @@ def refuse_existing(path:str|Path, # the file or folder about to be written
     names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     there = f"a folder with {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if path.is_dir() else "a file"
     raise FileExistsError(f"the {what} {path} exists ({there}); choose another path, or pass --overwrite to replace it")
+
+# %% ../nbs/00b_guards.ipynb #c4a1e102
+def check_output_file(path:str|Path, # where the result JSON will be written
+                      overwrite:bool=False, # replace a file there
+                     ) -> Path:
+    "`path` checked before any work: not a folder, no file there unless `overwrite`, its folder made and writable."
+    path = Path(path)
+    if path.is_dir(): raise ValueError(f"--out {path} is a folder; give a file name, e.g. {path / 'result.json'}")
+    refuse_existing(path, overwrite, "result file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as e: raise ValueError(f"--out {path} cannot be written: {e.strerror}: {e.filename}") from None
+    return path
 
 # %% ../nbs/00b_guards.ipynb #e7917f33
 LOCK = ".lock"
