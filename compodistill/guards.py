@@ -37,6 +37,8 @@ def check_output_file(path:str|Path, # where the result JSON will be written
     path = Path(path)
     if path.is_dir(): raise ValueError(f"--out {path} is a folder; give a file name, e.g. {path / 'result.json'}")
     refuse_existing(path, overwrite, "result file")
+    if not (above := next(p for p in path.absolute().parents if p.exists())).is_dir():
+        raise ValueError(f"--out {path} cannot be written: {above} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path.parent).close()
