@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['LOCK', 'refuse_existing', 'check_output_file', 'folder_lock', 'DiskFullError', 'is_disk_full']
+__all__ = ['MANIFEST', 'LOCK', 'refuse_existing', 'check_output_file', 'claimed_files', 'folder_lock', 'DiskFullError',
+           'is_disk_full']
 
 # %% ../nbs/00b_guards.ipynb #6c977232
 def refuse_existing(path:str|Path, # the file or folder about to be written
@@ -44,6 +45,38 @@ def check_output_file(path:str|Path, # where the result JSON will be written
         tempfile.TemporaryFile(dir=path.parent).close()
     except OSError as e: raise ValueError(f"--out {path} cannot be written: {e.strerror}: {e.filename}") from None
     return path
+
+# %% ../nbs/00b_guards.ipynb #c4a1e702
+MANIFEST = ".written.json"  # a writer's list of the files it wrote into a shared folder
+
+def _manifest(folder:Path, writer:str) -> dict:
+    "The manifest `writer` left in `folder`; empty if there is none, it is another writer's, or it cannot be read."
+    try: found = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError): return {}
+    return found if isinstance(found, dict) and found.get("writer") == writer else {}
+
+def _put_json(path:Path, data):
+    "Write `data` as JSON to a temporary file next to `path`, then rename it to `path`."
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+@contextmanager
+def claimed_files(folder:str|Path, # the folder written into (created if missing)
+                  names:list[str], # every file the write creates or replaces, relative to `folder`
+                  writer:str, # who writes (e.g. "write_world"): only its own manifest counts
+                  overwrite:bool=False, # replace files of these names that the manifest does not list
+                 ):
+    "Refuse to replace a file the writer did not write; yield the earlier write's other files; the manifest marks an unfinished write."
+    folder, names = Path(folder), sorted(names)
+    earlier = set(_manifest(folder, writer).get("files", []))
+    if not overwrite and (taken := next((n for n in names if n not in earlier and (folder / n).exists()), None)):
+        raise FileExistsError(f"{folder / taken} was not written by {writer} (its {MANIFEST} does not list it); "
+                              "move it away or write to another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    _put_json(folder / MANIFEST, dict(writer=writer, complete=False, files=sorted(earlier | set(names))))
+    yield sorted(earlier - set(names))
+    _put_json(folder / MANIFEST, dict(writer=writer, complete=True, files=names))
 
 # %% ../nbs/00b_guards.ipynb #e7917f33
 LOCK = ".lock"
