@@ -19,17 +19,17 @@ from PIL import Image
 from .data import DataError, read_json, read_json_records
 
 # %% auto #0
-__all__ = ['RECORD_SCHEMAS', 'SUGARCREPE_CATEGORIES', 'BIVLC_COLUMNS', 'VQARecord', 'CaptionMatchRecord', 'WinogroundRecord',
-           'BenchmarkFormatError', 'MissingImagesError', 'validate_record', 'read_benchmark_file', 'get_field',
-           'choose_names', 'resolve_path', 'records_dataset', 'load_sugarcrepe', 'load_winoground', 'load_bivlc',
-           'load_caption_matching_json']
+__all__ = ['RECORD_SCHEMAS', 'TEXT_FIELDS', 'SUGARCREPE_CATEGORIES', 'BIVLC_COLUMNS', 'VQARecord', 'CaptionMatchRecord',
+           'WinogroundRecord', 'BenchmarkFormatError', 'MissingImagesError', 'validate_record', 'read_benchmark_file',
+           'get_field', 'choose_names', 'resolve_path', 'strip_text', 'records_dataset', 'load_sugarcrepe',
+           'load_winoground', 'load_bivlc', 'load_caption_matching_json']
 
 # %% ../nbs/01a_benchmarks.ipynb #20e49618
 class VQARecord(TypedDict):
     "A question about one image with its reference answer(s)."
     id: str # unique within the dataset
     image: str # absolute path of the image file
-    question: str # question text exactly as the benchmark file gives it
+    question: str # question text as the benchmark file gives it, surrounding whitespace stripped
     answer: str | list[str] # the reference answer, or every annotator's answer
     category: str # subset for per-category scores
 
@@ -132,8 +132,17 @@ def resolve_path(folder:str|Path, name:str) -> str:
     return os.path.abspath(os.path.join(os.path.expanduser(folder), name))
 
 # %% ../nbs/01a_benchmarks.ipynb #7619c61e
+TEXT_FIELDS = {"vqa": ("question",), "caption_matching": ("positive", "negative"), "winoground": ("captions",)}
+
+def strip_text(kind:str, # "vqa", "caption_matching" or "winoground" (the keys of `RECORD_SCHEMAS`)
+               record:dict, # a valid record of that kind
+              ) -> dict:
+    "A copy of `record` whose question or captions (`TEXT_FIELDS`) lose their surrounding whitespace."
+    strip = lambda v: [x.strip() for x in v] if isinstance(v, list) else v.strip()
+    return {**record, **{f: strip(record[f]) for f in TEXT_FIELDS[kind]}}
+
 def records_dataset(kind:str, records:list[dict], source:str) -> datasets.Dataset:
-    "Validate `records`, check unique ids and that every image exists, and return them as a `Dataset`."
+    "Validate `records`, check unique ids and that every image exists, strip their text, and return them as a `Dataset`."
     if not records: raise BenchmarkFormatError(f"{source}: no records")
     ids = set()
     for r in records:
@@ -143,7 +152,7 @@ def records_dataset(kind:str, records:list[dict], source:str) -> datasets.Datase
     images = list(dict.fromkeys(p for r in records for p in (r["images"] if kind == "winoground" else [r["image"]])))
     missing = [p for p in images if not os.path.isfile(p)]
     if missing: raise MissingImagesError(missing, len(images), source)
-    return datasets.Dataset.from_list(records)
+    return datasets.Dataset.from_list([strip_text(kind, r) for r in records])
 
 # %% ../nbs/01a_benchmarks.ipynb #b15382ac
 SUGARCREPE_CATEGORIES = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")

@@ -199,9 +199,9 @@ def analyze_command(student:list[str], # a student as NAME=DIR (repeatable)
 # %% ../nbs/14_cli.ipynb #22e7017c
 @forwards(evaluate_checkpoint)
 def eval_command(**options):
-    "Score a checkpoint on a benchmark: the summary scores as one JSON line; everything (per category, margins) in --out."
+    "Score a checkpoint on a benchmark: the summary scores as one JSON line (an undefined metric null, `undefined` says where); everything in --out."
     result = evaluate_checkpoint(**options)
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}))
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list)) or k == "undefined"}, allow_nan=False))
 
 # %% ../nbs/14_cli.ipynb #86afab0b
 def export_command(model:str, # checkpoint directory of the trained student

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .checkpoints import CHOICE_PROMPT, IMAGE_TOKEN, MATCH_PROMPT
+from .guards import claimed_files
 from .world import (COLOURS, DEFAULT_HELDOUT, NUMBERS, OPPOSITE, PAIRS, PLURALS, RELATIONS, SHAPES, SIZES,
                                 Claim, Desc, Scene, holds, name, relations, sample_scene, with_article)
 
@@ -340,13 +341,10 @@ def write_world(out_dir:str|Path, # folder to write into (created if missing)
                 n_heldout:int=500, # evaluation scenes with a held-out pair
                 image_size:int=64, # width and height of the images in pixels
                 heldout=DEFAULT_HELDOUT, # (colour, shape) pairs kept out of every training file
+                overwrite:bool=False, # replace files of the world's names that an earlier `write_world` did not write
                ) -> dict[str, Path]:
     "Render every scene to `images/<id>.png` and its mask to `masks/<id>.png`, write the JSON files; the path of each by its stem, and `images`."
     world, out = build_world(seed, n_train, n_eval, n_heldout, heldout), Path(out_dir)
-    for folder in ("images", "masks"): (out / folder).mkdir(parents=True, exist_ok=True)
-    for s in world.scenes.values():
-        _write_atomic(out / "images" / f"{s.id}.png", lambda p: s.render(image_size).save(p, format="PNG"))
-        _write_atomic(out / "masks" / f"{s.id}.png", lambda p: s.mask(image_size).save(p, format="PNG"))
     files = {**world.files, "train_instruct": [{k: v for k, v in r.items() if k != "categories"}
                                                for r in world.files["train_instruct"]],
              "train_instruct_categories": {r["id"]: r["categories"] for r in world.files["train_instruct"]},
@@ -356,9 +354,16 @@ def write_world(out_dir:str|Path, # folder to write into (created if missing)
     files["world"] = dict(seed=seed, n_train=n_train, n_eval=n_eval, n_heldout=n_heldout, image_size=image_size,
                           heldout=[list(p) for p in world.heldout],
                           counts={k: len(v) for k, v in files.items()}, vocab=WORLD_VOCAB)
-    paths = {stem: out / f"{stem}.json" for stem in files}
-    for stem, data in files.items():
-        _write_atomic(paths[stem], lambda p: p.write_text(json.dumps(data, indent=1) + "\n"))
+    paths = {stem: out / f"{stem}.json" for stem in files}  # world.json last: a world without it is unfinished
+    pngs = [f"{folder}/{s.id}.png" for s in world.scenes.values() for folder in ("images", "masks")]
+    with claimed_files(out, pngs + [p.name for p in paths.values()], "write_world", overwrite) as stale:
+        for folder in ("images", "masks"): (out / folder).mkdir(parents=True, exist_ok=True)
+        for s in world.scenes.values():
+            _write_atomic(out / "images" / f"{s.id}.png", lambda p: s.render(image_size).save(p, format="PNG"))
+            _write_atomic(out / "masks" / f"{s.id}.png", lambda p: s.mask(image_size).save(p, format="PNG"))
+        for stem, data in files.items():
+            _write_atomic(paths[stem], lambda p: p.write_text(json.dumps(data, indent=1) + "\n"))
+        for name in stale: (out / name).unlink(missing_ok=True)
     return {**paths, "images": out / "images"}
 
 # %% ../nbs/02a_corpus.ipynb #951058f7

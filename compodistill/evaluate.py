@@ -9,21 +9,23 @@ import json
 from collections import defaultdict
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
-from .vqa import load_benchmark
+from .benchmarks import BenchmarkFormatError, resolve_path, strip_text, validate_record
+from .vqa import SHORT_ANSWER, add_prompt_suffix, load_benchmark, loader_options
 from .checkpoints import CHOICE_PROMPT, IMAGE_TOKEN, MATCH_PROMPT, load_llava
 from .data import DataCollator, chat_batch, image_token_count, open_image, read_json_records, tokenize_record
-from .guards import refuse_existing
-from .scoring import mme_scores, parse_choice, pope_answer, vqa_score, yes_no_metrics
+from .guards import check_output_file
+from .scoring import mme_scores, parse_choice, pope_answer, strict_json, vqa_score, yes_no_metrics
 
 # %% auto #0
 __all__ = ['NORMALIZATIONS', 'SCORERS', 'LIKELIHOOD_SCORERS', 'PROTOCOLS', 'LlavaAnswerer', 'check_images',
            'score_caption_matching', 'score_winoground', 'score_vqa', 'score_pope', 'score_mme', 'score_caption_margin',
-           'score_caption_likelihood', 'score_winoground_likelihood', 'record_kind', 'load_records', 'evaluate',
-           'select_records', 'evaluate_checkpoint']
+           'score_caption_likelihood', 'score_winoground_likelihood', 'record_kind', 'load_records', 'check_records',
+           'evaluate', 'select_records', 'evaluate_checkpoint']
 
 # %% ../nbs/10_evaluate.ipynb #012b8439
 class LlavaAnswerer:
@@ -291,29 +293,40 @@ def record_kind(record:dict, # one evaluation record
             raise ValueError(f"record {record.get('id', '?')!r}: unknown metric {metric!r}; known: vqa, pope, mme")
     raise ValueError(f"record {record.get('id', '?')!r} matches no evaluation schema (fields: {sorted(record)})")
 
+def _world_record(path:Path, n:int, record:dict) -> dict:
+    "Item `n` of a `world:` file checked against the schema its fields point to, image paths absolute, text stripped."
+    schema = next((k for k, keys in (("winoground", {"images", "captions"}), ("caption_matching", {"positive", "negative"}))
+                   if keys & set(record)), "vqa")
+    absolute = lambda p: resolve_path(path.parent, p) if isinstance(p, str) and p.strip() else p
+    images = record.get("images")
+    r = {"id": f"{path.stem}/{n}", **record, **({"image": absolute(record["image"])} if "image" in record else {}),
+         **({"images": [absolute(p) for p in images]} if isinstance(images, list) else {})}
+    r = strip_text(schema, validate_record(schema, r))
+    record_kind(r)  # an unknown `metric` is an error too
+    return r
+
 def load_records(benchmark:str, # a key of `BENCHMARKS` (`01b_vqa`), or "world:<path to a JSON/JSONL file>"
                  root:str|None=None, # the benchmark's folder (for named benchmarks)
                  **kwargs, # passed on to the benchmark's loader, e.g. `categories=`, `limit_per_category=`
                 ) -> list[dict]:
-    "Evaluation records with absolute image paths."
+    "Evaluation records with absolute image paths and stripped text, each checked: a bad one names the file, item, id and field."
     if benchmark.startswith("world:"):
-        path = Path(benchmark[len("world:"):])
-        recs = read_json_records(path, "evaluation file")
-        absolute = lambda p: str(path.parent / p)
-        return [{**r, **({"image": absolute(r["image"])} if "image" in r else {}),
-                 **({"images": [absolute(p) for p in r["images"]]} if "images" in r else {})} for r in recs]
+        path, records = Path(benchmark[len("world:"):]), []
+        for n, (where, r) in enumerate(read_json_records(path, "evaluation file", located=True)):
+            try: records.append(_world_record(path, n, r))
+            except ValueError as e: raise BenchmarkFormatError(f"{where}: {e}") from None
+        if not records: raise BenchmarkFormatError(f"{path}: no records")
+        return records
     if root is None: raise ValueError(f"benchmark {benchmark!r} needs --root, its local folder")
     return list(load_benchmark(benchmark, root, **kwargs))
 
 # %% ../nbs/10_evaluate.ipynb #1b94c364
-def evaluate(model, # an object with the calls the protocol uses, e.g. `LlavaAnswerer`
-             records:list, # evaluation records of one schema
-             batch_size:int=16, # questions per batch
-             progress:bool=True, # show a progress bar
-             protocol:str="choice", # "choice" (the paper's: multiple choice, yes/no), "margin" or "likelihood"
-            ) -> dict:
-    "Check every image, then score records of one kind under a protocol; the result names the kind and the protocol."
+def check_records(records:list, # evaluation records
+                  protocol:str="choice", # "choice", "margin" or "likelihood" (see `evaluate`)
+                 ) -> str:
+    "The one kind of `records`, after checking that it has `protocol` and that every image decodes; else a one-line error."
     if protocol not in PROTOCOLS: raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if not records: raise ValueError("no records to score")
     kinds = {record_kind(r) for r in records}
     if len(kinds) != 1: raise ValueError(f"records of several schemas in one set: {sorted(kinds)}")
     kind = kinds.pop()
@@ -321,6 +334,17 @@ def evaluate(model, # an object with the calls the protocol uses, e.g. `LlavaAns
         known = [p for p, scorers in PROTOCOLS.items() if kind in scorers]
         raise ValueError(f"{kind} records have no {protocol} protocol; theirs: {', '.join(known)}")
     check_images(records)
+    return kind
+
+def evaluate(model, # an object with the calls the protocol uses, e.g. `LlavaAnswerer`
+             records:list, # evaluation records of one schema
+             batch_size:int=16, # questions per batch
+             progress:bool=True, # show a progress bar
+             protocol:str="choice", # "choice" (the paper's: multiple choice, yes/no), "margin" or "likelihood"
+             kind:str|None=None, # the records' kind if `check_records` has checked them (default: check them now)
+            ) -> dict:
+    "Check the records and every image, then score them under a protocol; the result names the kind and the protocol."
+    kind = kind or check_records(records, protocol)
     return dict(kind=kind, protocol=protocol, **PROTOCOLS[protocol][kind](model, records, batch_size, progress))
 
 def select_records(records:list, # evaluation records with a `category`
@@ -329,6 +353,8 @@ def select_records(records:list, # evaluation records with a `category`
                    limit:int|None=None, # then keep the first `limit` records
                   ) -> list:
     "The records a run scores: chosen categories, the first of each, the first overall."
+    for name, n in (("limit-per-category", limit_per_category), ("limit", limit)):
+        if n is not None and n < 1: raise ValueError(f"--{name} must be at least 1, got {n}")
     known = sorted({r.get("category") for r in records} - {None})
     if unknown := sorted(set(categories or []) - set(known)):
         raise ValueError(f"unknown categories {unknown}; this benchmark has {', '.join(known)}")
@@ -339,6 +365,7 @@ def select_records(records:list, # evaluation records with a `category`
         if limit_per_category is None or seen[r.get("category")] <= limit_per_category: keep.append(r)
     return keep[:limit]
 
+# %% ../nbs/10_evaluate.ipynb #c4a1e005
 def evaluate_checkpoint(model:str|Path, # checkpoint directory
                         benchmark:str, # a key of BENCHMARKS (01b_vqa) or world:<file>
                         root:str|None=None, # local folder of a named benchmark
@@ -348,16 +375,21 @@ def evaluate_checkpoint(model:str|Path, # checkpoint directory
                         categories:list[str]|None=None, # score only these categories (default: all)
                         limit_per_category:int|None=None, # the first records of each category
                         limit:int|None=None, # then the first `limit` records
+                        question_file:str|None=None, # LLaVA's question file for pope, gqa, textvqa, vqav2 or vizwiz (relative to --root)
+                        pope_source:Literal["coco", "aokvqa", "gqa"]|None=None, # POPE's set: coco, aokvqa or gqa (default: coco)
+                        prompt_suffix:str|None=None, # line after each question; default for named VQA sets LLaVA-1.5's "Answer the question using a single word or phrase.", for world files none; "" for none
                         device:str="cuda" if torch.cuda.is_available() else "cpu", # where the model runs
                         overwrite:bool=False, # replace `out` if it exists
                        ) -> dict:
-    "Score a checkpoint on a benchmark; the result, also written as JSON to `out` if given."
-    if out: refuse_existing(out, overwrite, "result file")  # before any work
-    records = select_records(load_records(benchmark, root), categories, limit_per_category, limit)
+    "Check the output path, every record and image, then score a checkpoint on a benchmark; the result, also in `out` as strict JSON."
+    if out: check_output_file(out, overwrite)
+    options = loader_options(benchmark, question_file=question_file, pope_source=pope_source)
+    records = select_records(load_records(benchmark, root, **options), categories, limit_per_category, limit)
+    suffix = prompt_suffix if prompt_suffix is not None else "" if benchmark.startswith("world:") else SHORT_ANSWER
+    kind = check_records(records := add_prompt_suffix(records, suffix), protocol)  # all before the model loads
     llava, processor = load_llava(model)
-    result = dict(model=str(model), benchmark=benchmark,
-                  **evaluate(LlavaAnswerer(llava.to(device), processor), records, batch_size, protocol=protocol))
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1))
+    asked = {"prompt_suffix": suffix} if "question" in records[0] else {}
+    result = strict_json(dict(model=str(model), benchmark=benchmark, **asked,
+                              **evaluate(LlavaAnswerer(llava.to(device), processor), records, batch_size, protocol=protocol, kind=kind)))
+    if out: Path(out).write_text(json.dumps(result, indent=1, allow_nan=False))
     return result

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .corpus import llava_record
+from .guards import MANIFEST, claimed_files
 from .grid import (COLUMNS, FAMILIES, QUESTIONS, RELATION_WORDS, ROWS, GridScene, Question, ask,
                                sample_grid_scene, twin_pair)
 from .world import COLOURS, SHAPES
@@ -122,7 +123,7 @@ def grid_scene_records(scenes, # scenes of one split
 GRID_VOCAB = sorted({*COLOURS, *SHAPES, *COLUMNS, *ROWS, *RELATION_WORDS, *"is there colour shape column row yes no ?".split()})
 
 # %% ../nbs/02c_grid_corpus.ipynb #d3b6e514
-_OWN_FILE = re.compile(r"((world|(train|dev|eval)\w*)\.json|images|masks)(\.tmp)?")  # what a write puts in its folder
+_OWN_FILE = re.compile(rf"((world|(train|dev|eval)\w*)\.json|images|masks|{re.escape(MANIFEST)})(\.tmp)?")  # what a write puts in its folder
 _OWN_IMAGE = re.compile(r"(train|binding|dev|eval)_\w+\.png(\.tmp)?")  # and in images/ and masks/
 
 def foreign_entries(out_dir:str|Path, # a folder `write_grid_world` is about to write into
@@ -147,11 +148,9 @@ def _write_pngs(folder:Path, # images/ or masks/
                 scenes:list[GridScene], # the scenes to draw
                 draw, # scene -> PIL image
                ):
-    "Write `draw(scene)` to `<folder>/<id>.png` for every scene (fast compression); remove the folder's other files."
+    "Write `draw(scene)` to `<folder>/<id>.png` for every scene (fast compression)."
     folder.mkdir(parents=True, exist_ok=True)
     for s in scenes: _write_atomic(folder / f"{s.id}.png", lambda p: draw(s).save(p, format="PNG", compress_level=1))
-    keep = {f"{s.id}.png" for s in scenes}
-    for stale in [p for p in folder.iterdir() if p.name not in keep]: stale.unlink()
 
 def write_grid_world(out_dir:str|Path, # folder to write into (created if missing)
                      *,
@@ -161,6 +160,7 @@ def write_grid_world(out_dir:str|Path, # folder to write into (created if missin
                      n_dev:int=200, # development items per lookup kind and twin pairs per relation
                      n_eval:int=500, # evaluation items per lookup kind and twin pairs per relation
                      n_vision:int=19_200, # training scenes in `train_scenes.json`, with masks (300 vision steps of 64)
+                     overwrite:bool=False, # replace files of the world's names that an earlier `write_grid_world` did not write
                     ) -> dict[str, Path]:
     "Render the scenes and masks, write the JSON files and `world.json`; the path of each file by its stem, and the folders."
     out = Path(out_dir)
@@ -169,12 +169,16 @@ def write_grid_world(out_dir:str|Path, # folder to write into (created if missin
                               f"{', ...' if len(foreign) > 5 else ''}): choose another folder")
     world = build_grid_world(seed, n_train, n_binding, n_dev, n_eval)
     graphs = {**world.scenes, "train": world.scenes["train"][:n_vision]}  # the scenes with a mask and a scene graph
-    _write_pngs(out / "images", [s for split in world.scenes.values() for s in split], GridScene.image)
-    _write_pngs(out / "masks", [s for split in graphs.values() for s in split], GridScene.mask)
     files = {**world.files, **{f"{split}_scenes": grid_scene_records(s) for split, s in graphs.items()}}
     files["world"] = dict(seed=seed, n_train=n_train, n_binding=n_binding, n_dev=n_dev, n_eval=n_eval, n_vision=n_vision,
                           mix=MIX, binding_mix=BINDING_MIX, counts={k: len(v) for k, v in files.items()}, vocab=GRID_VOCAB)
-    paths = {stem: out / f"{stem}.json" for stem in files}
-    for stem, data in files.items(): _write_atomic(paths[stem], lambda p: p.write_text(json.dumps(data) + "\n"))
-    for stale in [p for p in out.glob("*.json") if p not in paths.values()]: stale.unlink()
+    paths = {stem: out / f"{stem}.json" for stem in files}  # world.json last: a world without it is unfinished
+    scenes = {"images": [s for split in world.scenes.values() for s in split],
+              "masks": [s for split in graphs.values() for s in split]}
+    names = [f"{folder}/{s.id}.png" for folder, split in scenes.items() for s in split] + [p.name for p in paths.values()]
+    with claimed_files(out, names, "write_grid_world", overwrite) as stale:  # the earlier write's other files go
+        _write_pngs(out / "images", scenes["images"], GridScene.image)
+        _write_pngs(out / "masks", scenes["masks"], GridScene.mask)
+        for stem, data in files.items(): _write_atomic(paths[stem], lambda p: p.write_text(json.dumps(data) + "\n"))
+        for name in stale: (out / name).unlink(missing_ok=True)
     return {**paths, "images": out / "images", "masks": out / "masks"}

@@ -9,12 +9,14 @@ import errno
 import json
 import os
 import socket
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['LOCK', 'refuse_existing', 'folder_lock', 'DiskFullError', 'is_disk_full']
+__all__ = ['MANIFEST', 'LOCK', 'refuse_existing', 'check_output_file', 'claimed_files', 'folder_lock', 'DiskFullError',
+           'is_disk_full']
 
 # %% ../nbs/00b_guards.ipynb #6c977232
 def refuse_existing(path:str|Path, # the file or folder about to be written
@@ -27,6 +29,54 @@ def refuse_existing(path:str|Path, # the file or folder about to be written
     names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     there = f"a folder with {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if path.is_dir() else "a file"
     raise FileExistsError(f"the {what} {path} exists ({there}); choose another path, or pass --overwrite to replace it")
+
+# %% ../nbs/00b_guards.ipynb #c4a1e102
+def check_output_file(path:str|Path, # where the result JSON will be written
+                      overwrite:bool=False, # replace a file there
+                     ) -> Path:
+    "`path` checked before any work: not a folder, no file there unless `overwrite`, its folder made and writable."
+    path = Path(path)
+    if path.is_dir(): raise ValueError(f"--out {path} is a folder; give a file name, e.g. {path / 'result.json'}")
+    refuse_existing(path, overwrite, "result file")
+    if not (above := next(p for p in path.absolute().parents if p.exists())).is_dir():
+        raise ValueError(f"--out {path} cannot be written: {above} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as e: raise ValueError(f"--out {path} cannot be written: {e.strerror}: {e.filename}") from None
+    return path
+
+# %% ../nbs/00b_guards.ipynb #c4a1e702
+MANIFEST = ".written.json"  # a writer's list of the files it wrote into a shared folder
+
+def _manifest(folder:Path, writer:str) -> dict:
+    "The manifest `writer` left in `folder`; empty if there is none, it is another writer's, or it cannot be read."
+    try: found = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError): return {}
+    return found if isinstance(found, dict) and found.get("writer") == writer else {}
+
+def _put_json(path:Path, data):
+    "Write `data` as JSON to a temporary file next to `path`, then rename it to `path`."
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+@contextmanager
+def claimed_files(folder:str|Path, # the folder written into (created if missing)
+                  names:list[str], # every file the write creates or replaces, relative to `folder`
+                  writer:str, # who writes (e.g. "write_world"): only its own manifest counts
+                  overwrite:bool=False, # replace files of these names that the manifest does not list
+                 ):
+    "Refuse to replace a file the writer did not write; yield the earlier write's other files; the manifest marks an unfinished write."
+    folder, names = Path(folder), sorted(names)
+    earlier = set(_manifest(folder, writer).get("files", []))
+    if not overwrite and (taken := next((n for n in names if n not in earlier and (folder / n).exists()), None)):
+        raise FileExistsError(f"{folder / taken} was not written by {writer} (its {MANIFEST} does not list it); "
+                              "move it away or write to another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    _put_json(folder / MANIFEST, dict(writer=writer, complete=False, files=sorted(earlier | set(names))))
+    yield sorted(earlier - set(names))
+    _put_json(folder / MANIFEST, dict(writer=writer, complete=True, files=names))
 
 # %% ../nbs/00b_guards.ipynb #e7917f33
 LOCK = ".lock"

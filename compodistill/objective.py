@@ -41,7 +41,8 @@ def logit_kd_loss(student_logits:torch.Tensor, # (batch, seq, V_s)
     log_p = F.log_softmax(teacher_logits[pos][:, :v_s].detach().float() / temperature, -1)
     p = log_p.exp()
     per_entry = p * ((log_p if kind == "kl" else 0) - log_q)
-    per_pos = torch.where(p > 0, per_entry, 0.0).sum(-1)  # 0 · log 0 = 0, as the official code masks -inf log-probs
+    keep = (p > 0) & ~torch.isneginf(log_q)  # 0 · log 0 = 0; the official code masks a token the student rules out (−inf)
+    per_pos = torch.where(keep, per_entry, 0.0).sum(-1)
     return per_pos.mean() * temperature ** 2
 
 # %% ../nbs/07_objective.ipynb #39c3a79d

@@ -5,12 +5,13 @@
 # %% ../nbs/09_scoring.ipynb #88b08ac2
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 
 # %% auto #0
-__all__ = ['MME_SUBTASKS', 'parse_choice', 'pope_answer', 'mme_answer', 'yes_no_metrics', 'mme_scores', 'normalize_answer',
-           'vqa_score']
+__all__ = ['MME_SUBTASKS', 'parse_choice', 'pope_answer', 'mme_answer', 'yes_no_metrics', 'strict_json', 'mme_scores',
+           'normalize_answer', 'vqa_score']
 
 # %% ../nbs/09_scoring.ipynb #3fcf6734
 _CHOICE = re.compile(r"\s*(?:(?:the\s+)?(?:correct\s+)?(?:answer|option)(?:\s+is)?\s*:?\s*)?\(?([ab])\s*(?:[).:]|$)",
@@ -53,6 +54,17 @@ def yes_no_metrics(predictions:list[str], # 'yes' / 'no' per question
     return dict(n=len(pairs), accuracy=_ratio(tp + tn, len(pairs)), precision=precision, recall=recall,
                 f1=_ratio(2 * precision * recall, precision + recall), yes_ratio=_ratio(tp + fp, len(pairs)),
                 tp=tp, fp=fp, tn=tn, fn=fn)
+
+# %% ../nbs/09_scoring.ipynb #c4a1e202
+def strict_json(result:dict, # a result whose numbers may be NaN or infinite (a metric undefined on its records)
+               ) -> dict:
+    "`result` with every undefined number None (JSON `null`), and `undefined` listing where, e.g. `per_category.popular.recall`."
+    where = []
+    def clean(x, at):
+        if isinstance(x, float) and not math.isfinite(x): where.append(at); return None
+        if isinstance(x, dict): return {k: clean(v, f"{at}.{k}" if at else str(k)) for k, v in x.items()}
+        return [clean(v, f"{at}[{i}]") for i, v in enumerate(x)] if isinstance(x, list) else x
+    return {**clean(result, ""), "undefined": where}
 
 # %% ../nbs/09_scoring.ipynb #e0b82694
 MME_SUBTASKS = {"perception": ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",

@@ -5,6 +5,7 @@
 # %% ../nbs/01b_vqa.ipynb #03bca2d1
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from .benchmarks import BenchmarkFormatError, choose_names, get_field, read_benc
 from .benchmarks import load_bivlc, load_caption_matching_json, load_sugarcrepe, load_winoground
 
 # %% auto #0
-__all__ = ['POPE_SPLITS', 'POPE_SOURCES', 'MME_TASKS', 'BENCHMARKS', 'load_pope', 'load_gqa', 'load_textvqa', 'load_mme',
-           'load_vqav2', 'load_vizwiz', 'load_benchmark']
+__all__ = ['POPE_SPLITS', 'POPE_SOURCES', 'MME_TASKS', 'BENCHMARKS', 'SHORT_ANSWER', 'load_pope', 'load_gqa', 'load_textvqa',
+           'load_mme', 'load_vqav2', 'load_vizwiz', 'load_benchmark', 'loader_options', 'add_prompt_suffix']
 
 # %% ../nbs/01b_vqa.ipynb #d08c9b9e
 POPE_SPLITS = ("adversarial", "popular", "random")
@@ -234,3 +235,26 @@ def load_benchmark(name:str, # a key of `BENCHMARKS`
         seen[category] += 1
         if seen[category] <= limit_per_category: keep.append(i)
     return ds.select(keep)
+
+# %% ../nbs/01b_vqa.ipynb #c4a1e302
+SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's and lmms-eval's line for short answers
+_LOADER_OPTIONS = {"question_file": "question_file", "pope_source": "source"}  # evaluate_checkpoint's name: the loader's
+
+def loader_options(benchmark:str, # a key of `BENCHMARKS`, or any other name (e.g. world:<file>: no loader)
+                   **options, # `question_file`, `pope_source`; None where not given
+                  ) -> dict:
+    "The given options under the loader's parameter names; one its loader does not take is an error naming it."
+    given = {k: v for k, v in options.items() if v is not None}
+    takes = inspect.signature(BENCHMARKS[benchmark]).parameters if benchmark in BENCHMARKS else {}
+    if bad := [k for k in given if _LOADER_OPTIONS[k] not in takes]:
+        users = [b for b, f in BENCHMARKS.items() if _LOADER_OPTIONS[bad[0]] in inspect.signature(f).parameters]
+        raise ValueError(f"--{bad[0].replace('_', '-')} does not apply to {benchmark}; it does to {', '.join(users)}")
+    return {_LOADER_OPTIONS[k]: v for k, v in given.items()}
+
+def add_prompt_suffix(records:list, # evaluation records; those with a `question` get the suffix
+                      suffix:str, # the line to put after each question ("" for none)
+                     ) -> list:
+    "Records whose question ends with `suffix` on a line of its own, unless it already does (LLaVA's question files carry it)."
+    if not suffix.strip(): return records
+    return [{**r, "question": f"{r['question']}\n{suffix.strip()}"} if "question" in r and
+            not r["question"].endswith(suffix.strip()) else r for r in records]

@@ -359,3 +359,129 @@ def test_a_bad_image_names_its_record_before_scoring(imgs, content):
         evaluate(Never(), recs, progress=False)
     with pytest.raises(DataError, match=r"record 'w1': missing image"):
         check_images([dict(id="w1", images=[str(imgs / "w.png"), str(imgs / "nope.png")])])
+
+
+# ---------------------------------------------------------------- issue 26: a benchmark user can trust
+
+class SeesWhitespace:
+    "Blind: picks the option whose caption has surrounding whitespace, else A."
+    def generate(self, images, prompts):
+        options = [p.split("\n(A) ", 1)[1].rsplit("\nAnswer with", 1)[0].split("\n(B) ", 1) for p in prompts]
+        return ["B" if b != b.strip() and a == a.strip() else "A" for a, b in options]
+
+
+def sugarcrepe_with_whitespace(root):
+    """SugarCrepe's published format (per-category files keyed by index) with its whitespace pattern: some positives
+    start with a space or end with a newline or spaces, no negative does."""
+    import test_benchmarks as tb
+    tb.img(root / "val2017/000000000139.jpg")
+    tb.img(root / "val2017/000000000285.jpg", "blue")
+    tb.write(root / "swap_att.json", {
+        "0": {"filename": "000000000139.jpg", "caption": " A white dog lying on a brown couch.",
+              "negative_caption": "A brown dog lying on a white couch."},
+        "1": {"filename": "000000000285.jpg", "caption": "A big bear sitting in the green grass.\n",
+              "negative_caption": "A green bear sitting in the big grass."},
+        "2": {"filename": "000000000139.jpg", "caption": "A small cat on a red chair.",
+              "negative_caption": "A red cat on a small chair."}})
+    tb.write(root / "replace_rel.json", {
+        "5": {"filename": "000000000285.jpg", "caption": "A man riding a wave on a surfboard.  ",
+              "negative_caption": "A man standing next to a wave on a surfboard."},
+        "9": {"filename": "000000000139.jpg", "caption": "A cat sleeping under a table.",
+              "negative_caption": "A cat sleeping on a table."}})
+
+
+def test_blind_whitespace_answerer_scores_exactly_50_on_the_published_format(tmp_path):
+    from compodistill.vqa import load_benchmark
+    sugarcrepe_with_whitespace(tmp_path)
+    recs = list(load_benchmark("sugarcrepe", tmp_path, categories="swap_att,replace_rel"))
+    assert all(r["positive"] == r["positive"].strip() for r in recs)
+    assert 100 * evaluate(SeesWhitespace(), recs, progress=False)["accuracy"] == 50.0
+    files = {c: json.loads((tmp_path / f"{c}.json").read_text()) for c in ("swap_att", "replace_rel")}
+    verbatim = [dict(r, positive=files[r["category"]][r["id"].split("/")[1]]["caption"]) for r in recs]
+    assert evaluate(SeesWhitespace(), verbatim, progress=False)["accuracy"] > 0.5   # what reading verbatim gave
+
+
+def test_world_file_text_is_stripped_and_ids_default_to_the_item(imgs):
+    (imgs / "q.json").write_text(json.dumps([dict(image="w.png", question=" what colour ?\n", answer="red", category="c")]))
+    r = load_records(f"world:{imgs / 'q.json'}")[0]
+    assert (r["question"], r["id"], r["image"]) == ("what colour ?", "q/0", str(imgs / "w.png"))
+
+
+GOOD = dict(id="q1", image="w.png", question="what colour ?", answer="red", category="colour")
+BAD_FILES = {
+    "no_category": ([{k: v for k, v in GOOD.items() if k != "category"}], "item 0: vqa record 'q1': missing field 'category'"),
+    "numeric_answer": ([dict(GOOD, answer=3)], "item 0: vqa record 'q1': field 'answer' must be a non-empty str | list[str], got 3"),
+    "negative_null": ([dict(id="c1", image="w.png", positive="a red circle", negative=None, category="a")],
+                      "item 0: caption_matching record 'c1': field 'negative' must be a non-empty str, got None"),
+    "no_negative": ([dict(id="c1", image="w.png", positive="a red circle", category="a")],
+                    "item 0: caption_matching record 'c1': missing field 'negative'"),
+    "bad_metric": ([dict(GOOD, metric="bleu")], "item 0: record 'q1': unknown metric 'bleu'"),
+    "empty": (None, "no_such_records"),
+}
+
+
+def _eval_fails(capsys, argv, message):
+    "`compodistill eval` with `argv` (model folder absent) exits 2 with one line containing `message`."
+    with pytest.raises(SystemExit) as e: main(["eval", "--model", "/nonexistent/model", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_eval_names_a_bad_world_record_before_the_model_loads(imgs, capsys, name):
+    records, message = BAD_FILES[name]
+    (imgs / "bad.json").write_text("" if records is None else json.dumps(records))
+    if records is None: message = f"{imgs / 'bad.json'}: no records"
+    err = _eval_fails(capsys, ["--benchmark", f"world:{imgs / 'bad.json'}"], message)
+    assert str(imgs / "bad.json") in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--limit", "0"], "--limit must be at least 1, got 0"),
+    (["--limit", "-1"], "--limit must be at least 1, got -1"),
+    (["--limit-per-category", "0"], "--limit-per-category must be at least 1, got 0"),
+    (["--out", "{dir}"], "is a folder; give a file name"),
+    (["--out", "{dir}/good.json/r.json"], "good.json is a file, not a folder"),
+    (["--out", "{dir}/good.json"], "pass --overwrite to replace it"),
+    (["--pope-source", "gqa"], "--pope-source does not apply to world:"),
+    (["--question-file", "q.jsonl"], "--question-file does not apply to world:"),
+    (["--protocol", "margin"], "vqa records have no margin protocol"),
+])
+def test_eval_refuses_bad_options_before_the_model_loads(imgs, capsys, argv, message):
+    (imgs / "good.json").write_text(json.dumps([GOOD]))
+    argv = [a.replace("{dir}", str(imgs)) for a in argv]
+    _eval_fails(capsys, ["--benchmark", f"world:{imgs / 'good.json'}", *argv], message)
+    assert (imgs / "good.json").read_text() == json.dumps([GOOD])  # --out naming it did not replace it
+
+
+def test_eval_options_reach_the_loaders(tmp_path, capsys):
+    import test_benchmarks as tb
+    tb.sugarcrepe(tmp_path / "sc")
+    _eval_fails(capsys, ["--benchmark", "sugarcrepe", "--root", str(tmp_path / "sc"), "--pope-source", "gqa"],
+                "--pope-source does not apply to sugarcrepe; it does to pope")
+    _eval_fails(capsys, ["--benchmark", "pope", "--root", str(tmp_path), "--pope-source", "gqa"],
+                "gqa_pope_seem_adversarial.json: no such file")   # the GQA set's file, looked for before the model
+    _eval_fails(capsys, ["--benchmark", "pope", "--root", str(tmp_path), "--question-file", "llava_pope_test.jsonl"],
+                "llava_pope_test.jsonl: no such file")
+    with pytest.raises(SystemExit) as e: main(["eval", "--model", "m", "--benchmark", "pope", "--pope-source", "vqa"])
+    assert e.value.code == 2 and "invalid choice: 'vqa'" in capsys.readouterr().err
+
+
+def test_short_answer_line_and_strict_json_end_to_end(tiny_answerer, tmp_path, capsys):
+    """A POPE split with no 'yes' label (recall undefined) through `compodistill eval`: the questions carry LLaVA-1.5's
+    line, the file and the summary line are strict JSON with null where a metric is undefined, and say where."""
+    import test_benchmarks as tb
+    from compodistill.checkpoints import save_llava
+    from compodistill.vqa import SHORT_ANSWER
+    tb.pope(tmp_path)   # popular: one question, labelled no
+    tb.write(tmp_path / "coco/coco_pope_adversarial.json", [{"question_id": 1, "image": "COCO_val2014_000000000042.jpg",
+                                                            "text": "Is there a cat in the image?", "label": "no"}], lines=True)
+    save_llava(tiny_answerer.model, tiny_answerer.processor, tmp_path / "model")
+    main(["eval", "--model", str(tmp_path / "model"), "--benchmark", "pope", "--root", str(tmp_path),
+          "--categories", "popular", "--out", str(tmp_path / "r.json"), "--device", "cpu"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1], parse_constant=lambda c: pytest.fail(c))
+    r = json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the file"))
+    assert r["per_category"]["popular"]["recall"] is None and "per_category.popular.recall" in r["undefined"]
+    assert summary["undefined"] == r["undefined"] and summary["recall"] is None
+    assert r["prompt_suffix"] == SHORT_ANSWER

@@ -238,6 +238,7 @@ def test_layout_and_manifest(written):
 
 
 def test_writer_refuses_a_foreign_folder_and_removes_its_own_stale_files(tmp_path):
+    from compodistill.guards import MANIFEST
     out = tmp_path / "w"
     write_grid_world(out, seed=0, n_train=20, n_binding=5, n_dev=2, n_eval=3)
     (out / "notes.txt").write_text("mine")
@@ -253,7 +254,7 @@ def test_writer_refuses_a_foreign_folder_and_removes_its_own_stale_files(tmp_pat
     paths = write_grid_world(out, seed=1, n_train=10, n_binding=0, n_dev=0, n_eval=1)  # its own earlier write is fine
     referenced = {r["image"] for stem in ("train", "eval_relation", "eval_existence") for r in json.loads(paths[stem].read_text())}
     assert {f"images/{p.name}" for p in (out / "images").iterdir()} == referenced  # the larger write's images are gone
-    assert {p.name for p in out.iterdir()} == {p.name for p in paths.values()}
+    assert {p.name for p in out.iterdir()} == {p.name for p in paths.values()} | {MANIFEST}
 
 
 # --- the package's readers --------------------------------------------------------------------------------------
@@ -325,3 +326,28 @@ def test_sequences_tokenize_with_one_visual_token_per_cell_and_answer_labels(wri
         assert int((sample["input_ids"] == tok.image_token_id).sum()) == 16 and sample["pixel_values"].shape == (3, 64, 64)
         labels = tok.convert_ids_to_tokens([t for t in sample["labels"].tolist() if t != -100])
         assert labels == [w for a in records[i]["conversations"][1::2] for w in (a["value"], tok.eos_token)]
+
+
+def test_writer_never_replaces_a_users_file_of_a_world_name_and_completes_a_killed_write(tmp_path, monkeypatch):
+    from compodistill.guards import MANIFEST
+    tiny = dict(n_train=10, n_binding=2, n_dev=1, n_eval=1, n_vision=5)
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "eval_binding.json").write_text("the user's own")   # a name the writer uses, no manifest of its own
+    with pytest.raises(FileExistsError, match="eval_binding.json was not written by write_grid_world") as e:
+        write_grid_world(out, **tiny)
+    assert "\n" not in str(e.value) and (out / "eval_binding.json").read_text() == "the user's own"
+    assert write_grid_world(out, overwrite=True, **tiny)["eval_binding"].read_text() != "the user's own"
+    whole = write_grid_world(tmp_path / "whole", **tiny)
+    calls, mask = [0], GridScene.mask
+    def dies(self, *a, **k):
+        calls[0] += 1
+        if calls[0] > 3: raise KeyboardInterrupt
+        return mask(self, *a, **k)
+    monkeypatch.setattr(GridScene, "mask", dies)
+    with pytest.raises(KeyboardInterrupt): write_grid_world(tmp_path / "killed", **tiny)
+    assert json.loads((tmp_path / "killed" / MANIFEST).read_text())["complete"] is False
+    monkeypatch.setattr(GridScene, "mask", mask)
+    again = write_grid_world(tmp_path / "killed", **tiny)
+    for stem in ("world", "eval_binding", "train"): assert whole[stem].read_bytes() == again[stem].read_bytes()
+    assert sorted(p.name for p in again["masks"].iterdir()) == sorted(p.name for p in whole["masks"].iterdir())

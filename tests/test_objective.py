@@ -87,3 +87,23 @@ def test_kd_masks_tokens_both_models_rule_out():
         s.grad = None
     s = s.detach()
     assert logit_kd_loss(s, t, labels).item() == pytest.approx(logit_kd_loss(s[..., 1:], t[..., 1:], labels).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["kl", "ce"])
+def test_a_token_the_student_rules_out_is_masked_and_the_loss_stays_finite(kind):
+    """The student's logit is -inf where the teacher's probability is not 0: the official code masks that entry, so the
+    loss is the other tokens' and finite, and so is the gradient."""
+    torch.manual_seed(0)
+    s, t = torch.randn(1, 4, 6), torch.randn(1, 4, 6)
+    s[0, 1, 3] = float("-inf")
+    labels = torch.tensor([[-100, -100, 1, -100]])                 # only position 1 is an answer position
+    p, log_q = t[0, 1].softmax(-1), s[0, 1].log_softmax(-1)
+    others = [0, 1, 2, 4, 5]
+    expected = (p[others] * ((p[others].log() if kind == "kl" else 0) - log_q[others])).sum()
+    student = s.clone().requires_grad_()
+    loss = logit_kd_loss(student, t, labels, kind=kind)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert torch.isfinite(student.grad).all()
+    out = DistillationLoss(kd_kind=kind)(torch.tensor(1.0), s, t, labels)   # no NonFiniteLossError
+    assert out["kd"].item() == pytest.approx(expected.item(), abs=1e-6)

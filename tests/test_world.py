@@ -8,6 +8,7 @@ from PIL import Image
 
 from compodistill.corpus import (FORMATS, NEGATIVE_TYPES, PERCEPTION, RECOGNITION, TRAIN_FILES, WORLD_VOCAB, balance,
                                  build_world, write_world)
+from compodistill.guards import MANIFEST
 from compodistill.world import COLOURS, DEFAULT_HELDOUT, NUMBERS, OPPOSITE, PLURALS, SHAPES, Obj, Scene
 
 SMALL = dict(n_train=400, n_eval=150, n_heldout=80)
@@ -128,7 +129,7 @@ def test_text_corpus_is_the_training_text_without_images(written):
 def test_layout_counts_and_no_temporary_files(written):
     out, paths = written
     assert paths["images"] == out / "images"
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(f"{s}.json" for s in paths if s != "images")
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted([MANIFEST, *(f"{s}.json" for s in paths if s != "images")])
     assert not list(out.rglob("*.tmp"))
     manifest = json.loads(paths["world"].read_text())
     assert manifest["heldout"] == [list(p) for p in DEFAULT_HELDOUT] and manifest["vocab"] == WORLD_VOCAB
@@ -388,3 +389,43 @@ def test_balance(world):
 def test_generating_10k_scenes_and_text():
     world = build_world(seed=0, n_train=10_000, n_eval=0, n_heldout=0)  # its speed is reported by 02a_corpus, not tested
     assert len(world.files["train_instruct"]) == 10_000
+
+
+# --- a data folder shared with the user's files (issue 24) -------------------------------------------------------
+
+TINY = dict(n_train=12, n_eval=6, n_heldout=3, image_size=16)
+
+
+def test_writer_never_replaces_a_users_file_of_a_world_name(tmp_path):
+    from compodistill.guards import MANIFEST
+    (tmp_path / "eval_perception.json").write_text("the user's own")
+    with pytest.raises(FileExistsError, match=r"eval_perception.json was not written by write_world") as e:
+        write_world(tmp_path, **TINY)
+    assert "\n" not in str(e.value) and (tmp_path / "eval_perception.json").read_text() == "the user's own"
+    assert not (tmp_path / "images").exists()                     # refused before the first file
+    paths = write_world(tmp_path, overwrite=True, **TINY)
+    assert json.loads(paths["eval_perception"].read_text())[0]["category"] in PERCEPTION
+    assert json.loads((tmp_path / MANIFEST).read_text())["complete"] is True
+
+
+def test_a_killed_write_is_completed_by_a_rerun(tmp_path, monkeypatch):
+    from compodistill.guards import MANIFEST
+    whole = write_world(tmp_path / "whole", **TINY)
+    calls, mask = [0], Scene.mask
+    def dies(self, *a, **k):
+        calls[0] += 1
+        if calls[0] > 5: raise KeyboardInterrupt   # killed after five masks
+        return mask(self, *a, **k)
+    monkeypatch.setattr(Scene, "mask", dies)
+    with pytest.raises(KeyboardInterrupt): write_world(tmp_path / "killed", **TINY)
+    assert json.loads((tmp_path / "killed" / MANIFEST).read_text())["complete"] is False
+    assert not (tmp_path / "killed" / "world.json").exists()
+    monkeypatch.setattr(Scene, "mask", mask)
+    again = write_world(tmp_path / "killed", **TINY)               # its own files: no refusal
+    for stem, p in whole.items():
+        if stem != "images": assert p.read_bytes() == again[stem].read_bytes(), stem
+    assert sorted(p.name for p in (tmp_path / "killed" / "masks").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "whole" / "masks").iterdir())
+    smaller = write_world(tmp_path / "killed", **{**TINY, "n_train": 4})  # a smaller world removes the larger's files
+    scenes = {r["image"] for split in ("train", "eval", "heldout") for r in json.loads(smaller[f"{split}_scenes"].read_text())}
+    assert {f"images/{p.name}" for p in smaller["images"].iterdir()} == scenes
