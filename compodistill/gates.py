@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .checkpoints import load_llava
-from .data import chat_batch, open_image
+from .data import chat_batch, open_image, read_json_records
 from .evaluate import load_records
 from .grid import CELL, GRID, RELATION_WORDS
 from .grid_corpus import EVAL_FILES
@@ -139,9 +140,10 @@ def turn_records(path, # a grid-world training file (multi-turn LLaVA records)
                  limit:int|None=None, # the first `limit` sequences
                 ) -> list[dict]:
     "One record per question of the training sequences: image (absolute), question and answer."
-    recs = load_records(f"world:{path}")[:limit]
-    return [dict(id=f"{r['id']}_{k}", image=r["image"], question=q["value"].replace("<image>", "").strip(), answer=a["value"])
-            for r in recs for k, (q, a) in enumerate(zip(r["conversations"][::2], r["conversations"][1::2]))]
+    path = Path(path)
+    recs = read_json_records(path)[:limit]  # training sequences, not an evaluation file: read as they are
+    return [dict(id=f"{r['id']}_{k}", image=str(path.parent / r["image"]), question=q["value"].replace("<image>", "").strip(),
+                 answer=a["value"]) for r in recs for k, (q, a) in enumerate(zip(r["conversations"][::2], r["conversations"][1::2]))]
 
 @torch.no_grad()
 def pooled_features(model, # a LLaVA model
