@@ -5,7 +5,10 @@
 # %% ../nbs/08e_pipeline.ipynb #54e806b4
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from .runner import (STAGE_DONE, StageConfig, changed_inputs, changed_settings, 
 
 # %% auto #0
 __all__ = ['Pipeline', 'stage_dir', 'init_dir', 'resolve', 'stage_values', 'stage_deps', 'stage_order', 'build_init',
-           'prepare_world', 'copy_vision', 'check_stage', 'stale_reason', 'run_pipeline', 'pipeline_path',
+           'prepare_world', 'copy_vision', 'check_stage', 'stale_reason', 'output_to', 'run_pipeline', 'pipeline_path',
            'launch_commands']
 
 # %% ../nbs/08e_pipeline.ipynb #1fbe0799
@@ -221,9 +224,24 @@ def _needs_run(pipe:Pipeline, name:str, status:list) -> str|None:
     "None if the stage is done and current; else why it runs ('' for a stage not done yet)."
     return stale_reason(pipe, name, status) if (stage_dir(pipe, name) / STAGE_DONE).is_file() else ""
 
+@contextlib.contextmanager
+def output_to(log:Path, # a file (appended to; its folder is created)
+             ):
+    "Send this process's stdout and stderr, file descriptors included (library output too), to `log`."
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "a", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        os.dup2(f.fileno(), 1); os.dup2(f.fileno(), 2)
+        try: yield
+        finally:
+            f.flush()
+            for fd, old in zip((1, 2), saved): os.dup2(old, fd); os.close(old)
+
 def run_pipeline(pipe:Pipeline, # the pipeline
                  only=None, # stage names to run (default: all, in order)
                  dry_run:bool=False, # only report what would run
+                 logs:bool=False, # each stage's training output to `<stage>/train.log` instead of the console
                 ) -> list[tuple[str, str]]:
     "Run the stages that are not complete, in dependency order; return (stage, 'done' | 'ran' | 'would run') per stage."
     unknown = [n for n in (only or []) if n not in pipe.stages]
@@ -239,8 +257,9 @@ def run_pipeline(pipe:Pipeline, # the pipeline
             if (why := _needs_run(pipe, name, status)) is None: status.append((name, "done")); continue
             if why: print(f"stage {name}: {why}; training it again")
             values = stage_values(pipe, name)
-            if "copy_vision_from" in values: copy_vision(values["copy_vision_from"], values["model"], values["output_dir"])
-            else: run_stage(*parse_stage_config(None, **{**values, **({"restart": True} if why else {})}))
+            with output_to(stage_dir(pipe, name) / "train.log") if logs else contextlib.nullcontext():
+                if "copy_vision_from" in values: copy_vision(values["copy_vision_from"], values["model"], values["output_dir"])
+                else: run_stage(*parse_stage_config(None, **{**values, **({"restart": True} if why else {})}))
             status.append((name, "ran"))
     return status
 

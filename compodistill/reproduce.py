@@ -14,14 +14,16 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
+from transformers.utils import logging as hf_logging
 
 from .checkpoints import load_llava
 from .gates import check_gates, eval_records, markdown_table, score_grid, teacher_report
 from .grid import RELATION_WORDS
 from .guards import refuse_existing
-from .pipeline import Pipeline, run_pipeline, stage_dir
+from .pipeline import Pipeline, output_to, run_pipeline, stage_dir
 from .runner import STAGE_DONE, file_sha256
 
 # %% auto #0
@@ -63,18 +65,6 @@ def score_stage(stage:Path, # a finished stage's folder (with `model/` and `stag
     return scores
 
 # %% ../nbs/11_reproduce.ipynb #ef173bd9
-@contextlib.contextmanager
-def _logged(log:Path):
-    "Send this process's stdout and stderr, file descriptors included, to `log` (appending)."
-    sys.stdout.flush(); sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with open(log, "a") as f:
-        os.dup2(f.fileno(), 1); os.dup2(f.fileno(), 2)
-        try: yield
-        finally:
-            sys.stdout.flush(); sys.stderr.flush()
-            for fd, old in zip((1, 2), saved): os.dup2(old, fd); os.close(old)
-
 def run_job(config:str, # the pipeline file (absolute)
             seed:int, # the seed whose pipeline the job runs
             phase:str, # "teacher", "early" or "late"
@@ -82,13 +72,14 @@ def run_job(config:str, # the pipeline file (absolute)
            ) -> dict:
     "One job in a worker: the teacher's gates report, a seed's early stages ({}), or its late stages and every condition's scores."
     torch.set_num_threads(1)
+    hf_logging.disable_progress_bar(); datasets.disable_progress_bars()  # loading and saving bars: noise in a log
     with contextlib.chdir(workdir):
         pipe = Pipeline.from_yaml(config, seed=str(seed))
         log = (pipe.shared_root if phase == "teacher" else pipe.root) / f"{phase}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with _logged(log):
+        with output_to(log):
             if phase == "teacher": return teacher_report(pipe)
-            run_pipeline(pipe, only=list(EARLY_STAGES) if phase == "early" else None)
+            run_pipeline(pipe, only=list(EARLY_STAGES) if phase == "early" else None, logs=True)
             return {} if phase == "early" else {row: score_stage(stage_dir(pipe, s), pipe.data_root) for row, s in CONDITIONS.items()}
 
 # %% ../nbs/11_reproduce.ipynb #3362d3aa

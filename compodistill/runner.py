@@ -329,7 +329,8 @@ def _resume_point(trainer, out:Path, name:str) -> str|None:
         print(f"stage {name}: resuming from {Path(resume).name} (step {step}" + (f" of {total})" if total > 0 else ")"))
     return resume
 
-STAGE_ENTRIES = re.compile(r"checkpoint-\d+|model|\.?config\.json(\.tmp)?|stage\.json|runs|\.lock|\.model\.(tmp|old)-\d+")  # what a stage writes
+STAGE_ENTRIES = re.compile(r"checkpoint-\d+|model|\.?config\.json(\.tmp)?|stage\.json|runs|\.lock|\.model\.(tmp|old)-\d+|"
+                           r"train\.log|scores\.json")  # what a stage writes (its log, its scores: 08e_pipeline, 11_reproduce)
 
 def check_output_dir(out:Path, # a stage's output folder
                     ):

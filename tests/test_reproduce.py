@@ -31,6 +31,8 @@ def test_every_condition_of_every_seed_is_scored(tiny_result):
         cfg = json.loads((work / "runs" / "tiny" / f"seed{seed}" / "vat_look" / "config.json").read_text())
         assert cfg["training"]["seed"] == seed and cfg["stage"]["model"].endswith(f"seed{seed}/student/model")
         assert (work / "runs" / "tiny" / f"seed{seed}" / "oracle" / "scores.json").is_file()
+        log = (work / "runs" / "tiny" / f"seed{seed}" / "kd" / "train.log").read_text()  # each stage's log in its folder
+        assert "stage lm:" in log and "'loss_kd'" in log and "Loading weights" not in log and "Writing model shards" not in log
 
 
 def test_seeds_share_one_teacher_and_its_report(tiny_result):
