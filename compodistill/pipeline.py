@@ -198,8 +198,9 @@ def check_stage(pipe:Pipeline, # the pipeline
     except ValueError as e: raise ValueError(f"{where}: {e}") from None
     if (r.kd_weight > 0 or r.vat_weight > 0) and not typed.get("teacher"):
         raise ValueError(f"{where}: it distils (kd_weight {r.kd_weight:g}, vat_weight {r.vat_weight:g}) but names no teacher")
-    for key in ("data", "image_folder"):  # inputs that no stage writes: a world this pipeline writes is under data_root
-        path = Path(typed[key]) if typed.get(key) else None
+    oracle = str(typed.get("vat_target") or "").partition("oracle:")[2]  # the oracle's question file
+    for key, value in (("data", typed.get("data")), ("image_folder", typed.get("image_folder")), ("vat_target", oracle)):
+        path = Path(value) if value else None  # inputs no stage writes: a world this pipeline writes is under data_root
         if path and not path.exists() and not (pipe.world and path.is_relative_to(pipe.data_root)):
             raise ValueError(f"{where}: {key} {path} not found")
     if (stage_dir(pipe, name) / STAGE_DONE).is_file() and (changed := changed_settings(stage_dir(pipe, name), typed)):

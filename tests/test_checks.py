@@ -22,6 +22,12 @@ PLANTED = [  # (stage, settings planted into it, what the message must say)
     ("dft", {"vat_weight": -1}, "stage 'dft': vat_weight must be ≥ 0, got -1"),
     ("dft", {"temperature": 0}, "stage 'dft': temperature must be > 0, got 0"),
     ("sft", {"data": "@data/trian.json"}, "stage 'sft': data "),
+    ("dft", {"vat_queries": "all"}, "stage 'dft': vat_queries must be visual or text, got 'all'"),
+    ("dft", {"vat_target": "oracle"}, "stage 'dft': vat_target must be teacher, shuffled or oracle:<question file>, got 'oracle'"),
+    ("dft", {"vat_target": "oracle:@data/q.json"}, "stage 'dft': vat_target oracle needs vat_queries: text"),
+    ("dft", {"vat_target": "mirror"}, "stage 'dft': vat_target must be teacher, shuffled or oracle:<question file>"),
+    ("sft", {"freeze": ["tower"]}, "stage 'sft': also_train/freeze: unknown parts ['tower']"),
+    ("dft", {"vat_target": "oracle:/nowhere/questions.json", "vat_queries": "text"}, "stage 'dft': vat_target /nowhere/questions.json not found"),
 ]
 
 
