@@ -7,7 +7,13 @@ DevTools protocol (`--remote-debugging-port`, with the `websocket-client` packag
 - a resource that answered 4xx/5xx or failed to load, and any request that leaves 127.0.0.1 (a CDN, a web font);
 - maths that is not rendered (`\\(`, `\\[`, `$$` left in the text; a KaTeX error);
 - an image that did not load (`naturalWidth` 0);
-- a wide table that cannot scroll (its container not `overflow-x: auto`).
+- a wide table that cannot scroll (its container not `overflow-x: auto`), or that scrolls without a cue: its box draws
+  no edge shadow (a `linear-gradient`/`radial-gradient` background) or its cells hide it (an opaque background);
+- a Markdown link shown as text in a signature (`[`name`](url)` in an API entry's code block);
+- a chapter named in inline code (`04_misalignment`) that is not a link, and a link to a page the site does not have;
+- a figure whose text is below `MIN_FIGURE_PT` at the width it is shown: matplotlib's default 10-pt text, drawn at
+  100 dpi (13.9 image pixels), shrinks with the image, so a figure shown at less than 9/10.4 of its drawn width has
+  text under 9 pt (a 1188-pixel figure in a 644-pixel column: 5.6 pt).
 
 usage: python tools/browser_check.py [SITE] [--screenshots DIR]   (exit 1 on any problem)
 """
@@ -27,6 +33,8 @@ import urllib.request
 from pathlib import Path
 
 PAGE_TIMEOUT = 30  # seconds for one page to load
+MIN_FIGURE_PT = 9  # the smallest text a figure may show, in points, taking its text as matplotlib's default (below)
+FIGURE_TEXT_PT = 10 * 100 / 96  # matplotlib's 10-pt text at 100 dpi, in CSS points when the image is shown 1:1
 SETTLE = 0.3  # seconds after `load` for late requests (fonts) and console messages
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -41,11 +49,26 @@ PROBE = r"""(() => {
       ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT});
   const raw = /\\\(|\\\)|\\\[|\\\]|\$\$|\$[^$\s][^$]*[\\^_][^$]*\$/;
   for (let n; (n = walker.nextNode());) if (raw.test(n.data)) out.math.push(n.data.trim().slice(0, 80));
+  const clear = el => !el || /^(transparent|rgba\(0, 0, 0, 0\))$/.test(getComputedStyle(el).backgroundColor);
+  out.uncued = [];
   for (const t of document.querySelectorAll('main table')) {
-    const box = t.parentElement;
-    if (t.scrollWidth > box.clientWidth + 1 && !['auto', 'scroll'].includes(getComputedStyle(box).overflowX))
-      out.tables.push(t.querySelector('th, td')?.textContent.slice(0, 40) || '?');
+    const box = t.parentElement, name = t.querySelector('th, td')?.textContent.trim().slice(0, 40) || '?';
+    if (t.scrollWidth <= box.clientWidth + 1) continue;
+    if (!['auto', 'scroll'].includes(getComputedStyle(box).overflowX)) out.tables.push(name);
+    else if (!/gradient/.test(getComputedStyle(box).backgroundImage) || !clear(t) || !clear(t.querySelector('td')))
+      out.uncued.push(name);
   }
+  out.signatures = [];
+  for (const pre of document.querySelectorAll('main .cell-output-markdown pre'))
+    for (const m of pre.textContent.matchAll(/\[`?[^\]\s`]+`?\]\([^)\s]+\)/g)) out.signatures.push(m[0].slice(0, 80));
+  out.unlinked = [...document.querySelectorAll('main code')]
+    .filter(c => !c.closest('a, pre') && /^\d\d[a-z]?_\w+$/.test(c.textContent) &&
+                 c.textContent + '.html' !== location.pathname.split('/').pop())
+    .map(c => c.textContent);
+  out.hrefs = [...new Set([...document.querySelectorAll('main a[href]')].map(a => a.getAttribute('href'))
+    .filter(h => /^[\w./-]+\.html(#.*)?$/.test(h)).map(h => new URL(h, location.href).pathname))];
+  out.figures = [...document.querySelectorAll('main img')].filter(i => i.naturalWidth > 0)
+    .map(i => [(i.currentSrc || i.src).split('/').pop().slice(0, 60), i.getBoundingClientRect().width / i.naturalWidth]);
   out.math_spans = document.querySelectorAll('.katex').length;
   out.title = document.title;
   return out;
@@ -196,6 +219,12 @@ def check_site(site: Path, screenshots: Path | None = None, binary: str | None =
             found += [f"unrendered maths: {s!r}" for s in probe["math"]]
             found += [f"{probe['katexErrors']} maths KaTeX could not render"] if probe["katexErrors"] else []
             found += [f"wide table cannot scroll: {s}" for s in probe["tables"]]
+            found += [f"wide table scrolls with no cue at its edges: {s}" for s in probe["uncued"]]
+            found += [f"Markdown link shown as text in a signature: {s}" for s in probe["signatures"]]
+            found += [f"chapter named but not linked: {s}" for s in dict.fromkeys(probe["unlinked"])]
+            found += [f"link to a page the site does not have: {h}" for h in probe["hrefs"] if not (site / h.lstrip("/")).is_file()]
+            found += [f"figure text {FIGURE_TEXT_PT * r:.1f} pt (shown at {r:.0%} of its drawn width): {src}"
+                      for src, r in probe["figures"] if FIGURE_TEXT_PT * r < MIN_FIGURE_PT]
             report["pages"][page] = found
             report["math_spans"] += probe["math_spans"]
             if screenshots:
