@@ -67,8 +67,8 @@ PROBE = r"""(() => {
     .map(c => c.textContent);
   out.hrefs = [...new Set([...document.querySelectorAll('main a[href]')].map(a => a.getAttribute('href'))
     .filter(h => /^[\w./-]+\.html(#.*)?$/.test(h)).map(h => new URL(h, location.href).pathname))];
-  out.figures = [...document.querySelectorAll('main img')].filter(i => i.naturalWidth > 0)
-    .map(i => [(i.currentSrc || i.src).split('/').pop().slice(0, 60), i.getBoundingClientRect().width / i.naturalWidth]);
+  out.figures = [...document.querySelectorAll('main img')].map((i, n) => i.naturalWidth > 0 &&
+    [`image ${n + 1}, ${i.naturalWidth}×${i.naturalHeight} px`, i.getBoundingClientRect().width / i.naturalWidth]).filter(Boolean);
   out.math_spans = document.querySelectorAll('.katex').length;
   out.title = document.title;
   return out;
