@@ -65,6 +65,26 @@ def test_each_check_fails_on_a_planted_page(planted, page):
     else: assert any(p.startswith(expected) for p in planted[page]), f"{page}: {planted[page]}"
 
 
+# ---------------------------------------------------------------- a notebook opened and saved in JupyterLab
+
+
+@needs_chromium
+@pytest.mark.parametrize("hook", [True, False], ids=["nbdev hook", "no hook"])
+def test_a_notebook_saved_in_jupyterlab_stays_as_committed(tmp_path, hook):
+    "It opens with its kernel and no dialog; saved with nbdev's pre-save hook (`nbdev_install_hooks`; `jupyter_hooks` in"
+    "settings.ini) it is byte for byte the committed file, so `make check-sync` stays green; without the hook it is not."
+    pytest.importorskip("jupyterlab")
+    from jupyter_client.kernelspec import KernelSpecManager
+    (tmp_path / "nbs").mkdir()
+    shutil.copy(ROOT / "settings.ini", tmp_path)
+    nb = ROOT / "nbs" / "02_world.ipynb"
+    shutil.copy(nb, tmp_path / "nbs")
+    seen = browser_check.jupyterlab_save(tmp_path, "nbs/02_world.ipynb", hook=hook)
+    assert seen["dialog"] is None and seen["saved"], seen
+    assert seen["kernel"] == KernelSpecManager().get_kernel_spec("python3").display_name
+    assert ((tmp_path / "nbs" / nb.name).read_bytes() == nb.read_bytes()) == hook
+
+
 # ---------------------------------------------------------------- the built site passes them
 
 

@@ -15,6 +15,10 @@ DevTools protocol (`--remote-debugging-port`, with the `websocket-client` packag
   100 dpi (13.9 image pixels), shrinks with the image, so a figure shown at less than 9/10.4 of its drawn width has
   text under 9 pt (a 1188-pixel figure in a 644-pixel column: 5.6 pt).
 
+`jupyterlab_save` opens a notebook in JupyterLab in the same browser and saves it, with nbdev's pre-save hook installed
+as `nbdev_install_hooks` installs it (in a temporary Jupyter config folder here): tests/test_docs_browser.py checks that
+it opens with its kernel and no dialog, and that saving leaves the file byte for byte as committed.
+
 usage: python tools/browser_check.py [SITE] [--screenshots DIR]   (exit 1 on any problem)
 """
 import base64
@@ -240,6 +244,62 @@ def check_site(site: Path, screenshots: Path | None = None, binary: str | None =
     for path, code in served:  # the server's own view: every 404, favicon requests included
         if code >= 400: report["pages"].setdefault("(server)", []).append(f"{code} for {path}")
     return report
+
+
+def poll(browser: Browser, expression: str, timeout: float):
+    "Evaluate `expression` in the page until it is truthy (or the time is up); the answer is its last value."
+    deadline, value = time.time() + timeout, None
+    while time.time() < deadline:
+        value = browser.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+        if value: break
+        browser.wait_for("never", 0.5)
+    return value
+
+
+def jupyterlab_save(root: Path, notebook: str, hook: bool = True, screenshot: Path | None = None,
+                    binary: str | None = None) -> dict:
+    "Open `root/notebook` in JupyterLab in Chromium, wait for its kernel, save it (Ctrl+S): the dialog, kernel and dirty marks seen, and whether it was written."
+    from nbdev.clean import _pre_save_hook_src  # what nbdev_install_hooks writes into ~/.jupyter
+    tmp = Path(tempfile.mkdtemp(prefix="jupyterlab-check-"))
+    (tmp / "config").mkdir()
+    (tmp / "config" / "jupyter_server_config.py").write_text(_pre_save_hook_src + "\n" if hook else "")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"))
+    lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--allow-root",
+                            "--IdentityProvider.token=", f"--ServerApp.root_dir={root}"], cwd=root, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    browser, path = None, Path(root, notebook)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2): break
+            except OSError:
+                time.sleep(0.5)
+        browser, before = Browser(binary or find_chromium()), path.stat().st_mtime_ns
+        browser.call("Page.navigate", url=f"http://127.0.0.1:{port}/lab/tree/{notebook}")
+        name = "(document.querySelector('.jp-Dialog') ? 'dialog' : document.querySelector('.jp-Toolbar-kernelName')?.innerText)"
+        out = {"kernel": poll(browser, f"!['No Kernel', 'Kernel', 'dialog'].includes({name}) && {name}", 90)}
+        browser.wait_for("never", 3)  # the kernel's language_info arrives just after it starts
+        out["dialog"] = poll(browser, "document.querySelector('.jp-Dialog')?.innerText.slice(0, 100) || ''", 0.1) or None
+        out["dirty_after_open"] = bool(poll(browser, "!!document.querySelector('.jp-mod-dirty')", 0.1))
+        browser.call("Runtime.evaluate", expression="document.querySelector('.jp-Notebook').focus()")
+        for kind in ("rawKeyDown", "keyUp"):
+            browser.call("Input.dispatchKeyEvent", type=kind, modifiers=2, key="s", code="KeyS", windowsVirtualKeyCode=83)
+        out["saved"] = bool(poll(browser, "!document.querySelector('.jp-mod-dirty')", 30)) and path.stat().st_mtime_ns != before
+        if screenshot: screenshot.write_bytes(base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"]))
+        return out
+    finally:
+        if browser: browser.close()
+        lab.terminate()
+        try:
+            lab.wait(20)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+            lab.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(site: Path = Path("docs"), screenshots: Path | None = None) -> int:
