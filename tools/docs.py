@@ -6,6 +6,7 @@ symbol) into `_proc/`, then smalldocs renders `_proc/` into `docs/`, then `finis
 - the sidebar is in reading order, in sections (`SECTIONS`), written in place of nbdev's flat one;
 - a chapter named in inline code (`04_misalignment`) links to its page, and a name like a chapter's that no notebook
   has fails the build; a Markdown link that nbdev wrote into a signature's comment (docments) becomes an HTML link;
+  `x ± y` does not break across lines;
 - cross-references go to the pages this build writes: nbdev links a name to `<doc_host><doc_baseurl>/<module>.html#name`
   (the `output-file` nbdev gives each notebook, which only Quarto reads), smalldocs names a page after its notebook,
   so each link is rewritten to the notebook's page, relative; a private name is not linked;
@@ -242,6 +243,11 @@ def cite_paper(text: str) -> str:
     return outside_links_and_code(text, lambda part: PAPER_CITE.sub(sections, part))
 
 
+def keep_together(text: str) -> str:
+    "A value and its spread (`50.0 ± 0.0`) joined by no-break spaces outside code, so a narrow table column never splits it."
+    return outside_links_and_code(text, lambda part: part.replace(" ± ", "\u00a0±\u00a0"))
+
+
 def signature_links(text: str) -> str:
     "nbdev's Markdown links inside code blocks (a signature's docments) as HTML links, which `rewrite_links` then fixes."
     def fix(m: re.Match) -> str:
@@ -278,7 +284,7 @@ def finish_site(site: Path, pages: dict[str, str]) -> dict:
         stats["math"] += n
         if n: text = KATEX_CDN.sub("", text, count=1).replace("</head>", f'<link rel="stylesheet" href="{off}site_libs/katex/katex.min.css">\n</head>', 1)
         text = KATEX_CDN.sub("", text)
-        text, linked, missing = link_chapters(cite_paper(text), f.stem, chapters)
+        text, linked, missing = link_chapters(keep_together(cite_paper(text)), f.stem, chapters)
         stats["missing_chapters"] += [f"{f.name}: `{m}`" for m in missing]
         stats["chapter_links"] += linked
         text, links = rewrite_links(signature_links(text), f, site, pages, ids)
