@@ -110,9 +110,10 @@ def write_sidebar(nbs: Path) -> str:
 
 
 def process_notebooks() -> dict[str, str]:
-    "Run nbdev's notebook processing into `_proc/`; the answer maps nbdev's page names (`runner.html`) to this build's."
+    "Run nbdev's notebook processing into a fresh `_proc/`; the answer maps nbdev's page names (`runner.html`) to this build's."
     from nbdev.quarto import refresh_quarto_yml
     from nbdev.serve import proc_nbs
+    shutil.rmtree(ROOT / "_proc", ignore_errors=True)  # proc_nbs keeps an older copy, whose page names were taken out below
     refresh_quarto_yml()
     write_sidebar(ROOT / "nbs")
     proc_nbs()
@@ -326,7 +327,6 @@ def render_readme(pages: dict[str, str]) -> str:
 def main(cmd: str):
     "`build`: site into docs/ and check README.md; `readme`: rewrite README.md; `check`: the site in a browser."
     if cmd == "build":
-        shutil.rmtree(ROOT / "_proc", ignore_errors=True)
         shutil.rmtree(ROOT / "docs", ignore_errors=True)
         pages = process_notebooks()
         subprocess.run([str(Path(sys.executable).parent / "smalldocs"), "render", str(ROOT / "_proc")], check=True)
