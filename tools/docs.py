@@ -93,7 +93,7 @@ def reading_order(stems) -> list[str]:
         t = section_of(stem)
         if t is None: sys.exit(f"docs: {stem}.ipynb has no section in tools/docs.py SECTIONS (by its name or number)")
         rule = SECTIONS[titles.index(t)][1:]
-        return titles.index(t), rule[0].index(stem) if len(rule) == 1 else len(SECTIONS), stem
+        return titles.index(t), rule[0].index(stem) if len(rule) == 1 else 0, stem
     return sorted((s for s in stems if s != "index"), key=key)
 
 
