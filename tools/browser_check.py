@@ -7,7 +7,17 @@ DevTools protocol (`--remote-debugging-port`, with the `websocket-client` packag
 - a resource that answered 4xx/5xx or failed to load, and any request that leaves 127.0.0.1 (a CDN, a web font);
 - maths that is not rendered (`\\(`, `\\[`, `$$` left in the text; a KaTeX error);
 - an image that did not load (`naturalWidth` 0);
-- a wide table that cannot scroll (its container not `overflow-x: auto`).
+- a wide table that cannot scroll (its container not `overflow-x: auto`), or that scrolls without a cue: its box draws
+  no edge shadow (a `linear-gradient`/`radial-gradient` background) or its cells hide it (an opaque background);
+- a Markdown link shown as text in a signature (`[`name`](url)` in an API entry's code block);
+- a chapter named in inline code (`04_misalignment`) that is not a link, and a link to a page the site does not have;
+- a figure whose text is below `MIN_FIGURE_PT` at the width it is shown: matplotlib's default 10-pt text, drawn at
+  100 dpi (13.9 image pixels), shrinks with the image, so a figure shown at less than 9/10.4 of its drawn width has
+  text under 9 pt (a 1188-pixel figure in a 644-pixel column: 5.6 pt).
+
+`jupyterlab_save` opens a notebook in JupyterLab in the same browser and saves it, with nbdev's pre-save hook installed
+as `nbdev_install_hooks` installs it (in a temporary Jupyter config folder here): tests/test_docs_browser.py checks that
+it opens with its kernel and no dialog, and that saving leaves the file byte for byte as committed.
 
 usage: python tools/browser_check.py [SITE] [--screenshots DIR]   (exit 1 on any problem)
 """
@@ -27,6 +37,8 @@ import urllib.request
 from pathlib import Path
 
 PAGE_TIMEOUT = 30  # seconds for one page to load
+MIN_FIGURE_PT = 9  # the smallest text a figure may show, in points, taking its text as matplotlib's default (below)
+FIGURE_TEXT_PT = 10 * 100 / 96  # matplotlib's 10-pt text at 100 dpi, in CSS points when the image is shown 1:1
 SETTLE = 0.3  # seconds after `load` for late requests (fonts) and console messages
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -41,11 +53,26 @@ PROBE = r"""(() => {
       ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT});
   const raw = /\\\(|\\\)|\\\[|\\\]|\$\$|\$[^$\s][^$]*[\\^_][^$]*\$/;
   for (let n; (n = walker.nextNode());) if (raw.test(n.data)) out.math.push(n.data.trim().slice(0, 80));
+  const clear = el => !el || /^(transparent|rgba\(0, 0, 0, 0\))$/.test(getComputedStyle(el).backgroundColor);
+  out.uncued = [];
   for (const t of document.querySelectorAll('main table')) {
-    const box = t.parentElement;
-    if (t.scrollWidth > box.clientWidth + 1 && !['auto', 'scroll'].includes(getComputedStyle(box).overflowX))
-      out.tables.push(t.querySelector('th, td')?.textContent.slice(0, 40) || '?');
+    const box = t.parentElement, name = t.querySelector('th, td')?.textContent.trim().slice(0, 40) || '?';
+    if (t.scrollWidth <= box.clientWidth + 1) continue;
+    if (!['auto', 'scroll'].includes(getComputedStyle(box).overflowX)) out.tables.push(name);
+    else if (!/gradient/.test(getComputedStyle(box).backgroundImage) || !clear(t) || !clear(t.querySelector('td')))
+      out.uncued.push(name);
   }
+  out.signatures = [];
+  for (const pre of document.querySelectorAll('main .cell-output-markdown pre'))
+    for (const m of pre.textContent.matchAll(/\[`?[^\]\s`]+`?\]\([^)\s]+\)/g)) out.signatures.push(m[0].slice(0, 80));
+  out.unlinked = [...document.querySelectorAll('main code')]
+    .filter(c => !c.closest('a, pre') && /^\d\d[a-z]?_\w+$/.test(c.textContent) &&
+                 c.textContent + '.html' !== location.pathname.split('/').pop())
+    .map(c => c.textContent);
+  out.hrefs = [...new Set([...document.querySelectorAll('main a[href]')].map(a => a.getAttribute('href'))
+    .filter(h => /^[\w./-]+\.html(#.*)?$/.test(h)).map(h => new URL(h, location.href).pathname))];
+  out.figures = [...document.querySelectorAll('main img')].map((i, n) => i.naturalWidth > 0 &&
+    [`image ${n + 1}, ${i.naturalWidth}×${i.naturalHeight} px`, i.getBoundingClientRect().width / i.naturalWidth]).filter(Boolean);
   out.math_spans = document.querySelectorAll('.katex').length;
   out.title = document.title;
   return out;
@@ -196,6 +223,12 @@ def check_site(site: Path, screenshots: Path | None = None, binary: str | None =
             found += [f"unrendered maths: {s!r}" for s in probe["math"]]
             found += [f"{probe['katexErrors']} maths KaTeX could not render"] if probe["katexErrors"] else []
             found += [f"wide table cannot scroll: {s}" for s in probe["tables"]]
+            found += [f"wide table scrolls with no cue at its edges: {s}" for s in probe["uncued"]]
+            found += [f"Markdown link shown as text in a signature: {s}" for s in probe["signatures"]]
+            found += [f"chapter named but not linked: {s}" for s in dict.fromkeys(probe["unlinked"])]
+            found += [f"link to a page the site does not have: {h}" for h in probe["hrefs"] if not (site / h.lstrip("/")).is_file()]
+            found += [f"figure text {FIGURE_TEXT_PT * r:.1f} pt (shown at {r:.0%} of its drawn width): {src}"
+                      for src, r in probe["figures"] if FIGURE_TEXT_PT * r < MIN_FIGURE_PT]
             report["pages"][page] = found
             report["math_spans"] += probe["math_spans"]
             if screenshots:
@@ -211,6 +244,62 @@ def check_site(site: Path, screenshots: Path | None = None, binary: str | None =
     for path, code in served:  # the server's own view: every 404, favicon requests included
         if code >= 400: report["pages"].setdefault("(server)", []).append(f"{code} for {path}")
     return report
+
+
+def poll(browser: Browser, expression: str, timeout: float):
+    "Evaluate `expression` in the page until it is truthy (or the time is up); the answer is its last value."
+    deadline, value = time.time() + timeout, None
+    while time.time() < deadline:
+        value = browser.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+        if value: break
+        browser.wait_for("never", 0.5)
+    return value
+
+
+def jupyterlab_save(root: Path, notebook: str, hook: bool = True, screenshot: Path | None = None,
+                    binary: str | None = None) -> dict:
+    "Open `root/notebook` in JupyterLab in Chromium, wait for its kernel, save it (Ctrl+S): the dialog, kernel and dirty marks seen, and whether it was written."
+    from nbdev.clean import _pre_save_hook_src  # what nbdev_install_hooks writes into ~/.jupyter
+    tmp = Path(tempfile.mkdtemp(prefix="jupyterlab-check-"))
+    (tmp / "config").mkdir()
+    (tmp / "config" / "jupyter_server_config.py").write_text(_pre_save_hook_src + "\n" if hook else "")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"))
+    lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--allow-root",
+                            "--IdentityProvider.token=", f"--ServerApp.root_dir={root}"], cwd=root, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    browser, path = None, Path(root, notebook)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2): break
+            except OSError:
+                time.sleep(0.5)
+        browser, before = Browser(binary or find_chromium()), path.stat().st_mtime_ns
+        browser.call("Page.navigate", url=f"http://127.0.0.1:{port}/lab/tree/{notebook}")
+        name = "(document.querySelector('.jp-Dialog') ? 'dialog' : document.querySelector('.jp-Toolbar-kernelName')?.innerText)"
+        out = {"kernel": poll(browser, f"!['No Kernel', 'Kernel', 'dialog'].includes({name}) && {name}", 90)}
+        browser.wait_for("never", 3)  # the kernel's language_info arrives just after it starts
+        out["dialog"] = poll(browser, "document.querySelector('.jp-Dialog')?.innerText.slice(0, 100) || ''", 0.1) or None
+        out["dirty_after_open"] = bool(poll(browser, "!!document.querySelector('.jp-mod-dirty')", 0.1))
+        browser.call("Runtime.evaluate", expression="document.querySelector('.jp-Notebook').focus()")
+        for kind in ("rawKeyDown", "keyUp"):
+            browser.call("Input.dispatchKeyEvent", type=kind, modifiers=2, key="s", code="KeyS", windowsVirtualKeyCode=83)
+        out["saved"] = bool(poll(browser, "!document.querySelector('.jp-mod-dirty')", 30)) and path.stat().st_mtime_ns != before
+        if screenshot: screenshot.write_bytes(base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"]))
+        return out
+    finally:
+        if browser: browser.close()
+        lab.terminate()
+        try:
+            lab.wait(20)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+            lab.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(site: Path = Path("docs"), screenshots: Path | None = None) -> int:

@@ -4,6 +4,9 @@ Steps: nbdev's own notebook processing (`proc_nbs`: hides `#| hide` cells, adds 
 symbol) into `_proc/`, then smalldocs renders `_proc/` into `docs/`, then `finish_site` makes the site whole offline:
 
 - the sidebar is in reading order, in sections (`SECTIONS`), written in place of nbdev's flat one;
+- a chapter named in inline code (`04_misalignment`) links to its page, and a name like a chapter's that no notebook
+  has fails the build; a Markdown link that nbdev wrote into a signature's comment (docments) becomes an HTML link;
+  `x ± y` does not break across lines;
 - cross-references go to the pages this build writes: nbdev links a name to `<doc_host><doc_baseurl>/<module>.html#name`
   (the `output-file` nbdev gives each notebook, which only Quarto reads), smalldocs names a page after its notebook,
   so each link is rewritten to the notebook's page, relative; a private name is not linked;
@@ -12,7 +15,9 @@ symbol) into `_proc/`, then smalldocs renders `_proc/` into `docs/`, then `finis
 - the theme's web font (Source Sans Pro, which the theme imports from Google Fonts) is bundled from the npm package
   `@fontsource/source-sans-pro`, so the site requests nothing outside itself.
 
-README.md is `_proc/index.ipynb` as Markdown (no link rewriting: it is read on GitHub and PyPI).
+README.md is `_proc/index.ipynb` as Markdown, read on GitHub and PyPI: its links stay absolute, to the pages of the
+published site that this build writes (`01b_vqa.html#load_benchmark`, not nbdev's `vqa.html`), and each chapter it
+names in inline code links to its page there.
 """
 import configparser
 import html
@@ -31,8 +36,10 @@ KATEX = ("katex", "0.16.11")
 FONT = ("@fontsource/source-sans-pro", "5.3.0")
 FONT_FACES = ("300", "400", "400-italic", "700", "700-italic")  # the weights the theme uses (Google's import: 300, 400, 700)
 
-# The sidebar, in reading order: each section takes the notebooks whose number (`08` of `08d_runner`) is in its range.
+# The sidebar, in reading order: each section takes the notebooks it names, then those whose number (`08` of
+# `08d_runner`) is in its range, in name order.
 SECTIONS = [
+    ("The paper", ["00_paper"]),
     ("Models and data", 0, 2),
     ("The paper's method", 3, 7),
     ("Training", 8, 9),
@@ -42,6 +49,15 @@ SECTIONS = [
 
 MATH = re.compile(r'<span class="math (inline|display)">(\\\(|\\\[)(.*?)(\\\)|\\\])</span>', re.S)
 LINK = re.compile(r'<a href="(?P<url>[^"]*)"(?P<attrs>[^>]*)>(?P<text>.*?)</a>', re.S)
+CHAPTER = re.compile(r"<code>(\d\d[a-z]?_\w+)</code>")  # inline code that names a chapter, such as `04_misalignment`
+LINKED_OR_CODE = re.compile(r"<a\b[^>]*>.*?</a>|<pre\b[^>]*>.*?</pre>", re.S)  # where text is left as it is
+# The project's old fact sheet on the paper, cited by section in some notebooks' prose: each citation becomes a link to
+# the section of `00_paper` that restates it (a notebook that links to `00_paper` itself needs none of this).
+PAPER_SECTIONS = {"2.7": "official-vat", "3": "analysis", "4": "stages", "4.2": "stage-0", "4.3": "official-stages",
+                  "4.4": "compute", "6": "scoring", "7": "numbers", "7.1": "table-1", "7.4": "hallucination",
+                  "7.5": "scaling", "10": "unknowns", "12": "scoring"}  # its section -> the anchor in 00_paper
+PAPER_CITE = re.compile(r"paper\.md (§[\d.]+(?:(?:, | and |-)§?[\d.]+)*)")
+MD_LINK = re.compile(r"\[`?([^\]`<>]+?)`?\]\((https?://[^)\s<>]+)\)")  # nbdev's Markdown link in a signature's comment
 KATEX_CDN = re.compile(r'<link rel="stylesheet" href="https://cdn\.jsdelivr\.net/npm/katex@[^"]*/katex\.min\.css">|'
                        r'<script src="https://cdn\.jsdelivr\.net/npm/katex@[^"]*" defer></script>')
 GOOGLE_FONTS = re.compile(r"@import url\(https://fonts\.googleapis\.com/[^)]*\);?")
@@ -63,16 +79,30 @@ def doc_url() -> str:
 # ---------------------------------------------------------------- the sidebar
 
 
+def section_of(stem: str) -> str | None:
+    "The `SECTIONS` title a notebook belongs to: the section that names it, else the one whose range has its number."
+    m = re.match(r"(\d+)", stem)
+    named = next((t for t, *rule in SECTIONS if len(rule) == 1 and stem in rule[0]), None)
+    return named or next((t for t, *rule in SECTIONS if len(rule) == 2 and m and rule[0] <= int(m.group(1)) <= rule[1]), None)
+
+
+def reading_order(stems) -> list[str]:
+    "Notebook names (no index) in the order of the sidebar: section by section, named ones first, then by name."
+    titles = [t for t, *_ in SECTIONS]
+    def key(stem):
+        t = section_of(stem)
+        if t is None: sys.exit(f"docs: {stem}.ipynb has no section in tools/docs.py SECTIONS (by its name or number)")
+        rule = SECTIONS[titles.index(t)][1:]
+        return titles.index(t), rule[0].index(stem) if len(rule) == 1 else 0, stem
+    return sorted((s for s in stems if s != "index"), key=key)
+
+
 def write_sidebar(nbs: Path) -> str:
     "Write `nbs/sidebar.yml` (gitignored, as nbdev's own): the index, then one section per `SECTIONS` entry."
     import yaml
     groups: dict[str, list[str]] = {title: [] for title, *_ in SECTIONS}
-    for nb in sorted(nbs.glob("*.ipynb")):
-        if nb.stem == "index": continue
-        m = re.match(r"(\d+)", nb.stem)
-        title = next((t for t, lo, hi in SECTIONS if m and lo <= int(m.group(1)) <= hi), None)
-        if title is None: sys.exit(f"docs: {nb.name} has no section in tools/docs.py SECTIONS (by its number)")
-        groups[title].append(nb.name)
+    for stem in reading_order(nb.stem for nb in nbs.glob("*.ipynb")):
+        groups[section_of(stem)].append(f"{stem}.ipynb")
     contents = ["index.ipynb", *({"section": t, "contents": c} for t, c in groups.items() if c)]
     text = yaml.safe_dump({"website": {"sidebar": {"contents": contents}}}, sort_keys=False, allow_unicode=True)
     (nbs / "sidebar.yml").write_text(text)
@@ -80,9 +110,10 @@ def write_sidebar(nbs: Path) -> str:
 
 
 def process_notebooks() -> dict[str, str]:
-    "Run nbdev's notebook processing into `_proc/`; the answer maps nbdev's page names (`runner.html`) to this build's."
+    "Run nbdev's notebook processing into a fresh `_proc/`; the answer maps nbdev's page names (`runner.html`) to this build's."
     from nbdev.quarto import refresh_quarto_yml
     from nbdev.serve import proc_nbs
+    shutil.rmtree(ROOT / "_proc", ignore_errors=True)  # proc_nbs keeps an older copy, whose page names were taken out below
     refresh_quarto_yml()
     write_sidebar(ROOT / "nbs")
     proc_nbs()
@@ -178,6 +209,53 @@ def rewrite_links(text: str, page: Path, site: Path, pages: dict[str, str], ids:
     return LINK.sub(fix, text), n
 
 
+def outside_links_and_code(text: str, fn) -> str:
+    "`text` with `fn` applied to each stretch outside links (`<a>`) and code blocks (`<pre>`)."
+    out, at = [], 0
+    for skip in LINKED_OR_CODE.finditer(text):
+        out += [fn(text[at:skip.start()]), skip[0]]
+        at = skip.end()
+    return "".join(out + [fn(text[at:])])
+
+
+def link_chapters(text: str, page: str, chapters: set[str]) -> tuple[str, int, list[str]]:
+    "Link each chapter named in inline code, outside links and code blocks, to its page; the answer also counts the links and lists names like a chapter's that no notebook has."
+    missing, linked = [], []
+
+    def fix(m: re.Match) -> str:
+        stem = m[1]
+        if stem not in chapters: missing.append(stem)
+        if stem not in chapters or stem == page: return m[0]
+        linked.append(stem)
+        return f'<a href="{stem}.html">{m[0]}</a>'
+
+    text = outside_links_and_code(text, lambda part: CHAPTER.sub(fix, part))
+    return text, len(linked), missing
+
+
+def cite_paper(text: str) -> str:
+    "Each `paper.md §N` citation in prose (outside code) as links to the sections of `00_paper` that restate it."
+    def sections(m: re.Match) -> str:
+        nums = re.findall(r"\d+(?:\.\d+)*", m[1])
+        if any(n not in PAPER_SECTIONS for n in nums): sys.exit(f"docs: no section of 00_paper for {m[0]!r} (PAPER_SECTIONS)")
+        anchors = dict.fromkeys(PAPER_SECTIONS[n] for n in nums)
+        return ", ".join(f'<a href="00_paper.html#{a}">00_paper: {a.replace("-", " ")}</a>' for a in anchors)
+
+    return outside_links_and_code(text, lambda part: PAPER_CITE.sub(sections, part))
+
+
+def keep_together(text: str) -> str:
+    "A value and its spread (`50.0 ± 0.0`) joined by no-break spaces outside code, so a narrow table column never splits it."
+    return outside_links_and_code(text, lambda part: part.replace(" ± ", "\u00a0±\u00a0"))
+
+
+def signature_links(text: str) -> str:
+    "nbdev's Markdown links inside code blocks (a signature's docments) as HTML links, which `rewrite_links` then fixes."
+    def fix(m: re.Match) -> str:
+        return MD_LINK.sub(lambda l: f'<a href="{l[2]}">{l[1]}</a>', m[0])
+    return re.sub(r"<pre\b[^>]*>.*?</pre>", fix, text, flags=re.S)
+
+
 def page_ids(text: str) -> set[str]:
     "The ids of a page's elements: where a link's `#anchor` may land."
     return set(re.findall(r'\bid="([^"]*)"', text))
@@ -192,7 +270,8 @@ def finish_site(site: Path, pages: dict[str, str]) -> dict:
     spans = {f: list(MATH.finditer(t)) for f, t in texts.items()}
     items = sorted({(html.unescape(m[3]).strip(), m[1] == "display") for ms in spans.values() for m in ms})
     rendered = dict(zip(items, render_math(items, katex)))
-    stats = {"pages": len(files), "links": 0, "math": 0, "math_errors": []}
+    stats = {"pages": len(files), "links": 0, "math": 0, "math_errors": [], "chapter_links": 0, "missing_chapters": []}
+    chapters = {f.stem for f in files}
     for f, text in texts.items():
         off = os.path.relpath(site, f.parent).replace(os.sep, "/")
         off = "" if off == "." else off + "/"
@@ -206,7 +285,10 @@ def finish_site(site: Path, pages: dict[str, str]) -> dict:
         stats["math"] += n
         if n: text = KATEX_CDN.sub("", text, count=1).replace("</head>", f'<link rel="stylesheet" href="{off}site_libs/katex/katex.min.css">\n</head>', 1)
         text = KATEX_CDN.sub("", text)
-        text, links = rewrite_links(text, f, site, pages, ids)
+        text, linked, missing = link_chapters(keep_together(cite_paper(text)), f.stem, chapters)
+        stats["missing_chapters"] += [f"{f.name}: `{m}`" for m in missing]
+        stats["chapter_links"] += linked
+        text, links = rewrite_links(signature_links(text), f, site, pages, ids)
         stats["links"] += links
         f.write_text(text)
     font = bundle_font(site)
@@ -219,7 +301,17 @@ def finish_site(site: Path, pages: dict[str, str]) -> dict:
 # ---------------------------------------------------------------- README
 
 
-def render_readme() -> str:
+def readme_links(md: str, pages: dict[str, str], chapters: set[str]) -> str:
+    "README Markdown with nbdev's links to the site pointing at the pages this build writes, and chapters named in inline code (outside code blocks) linked."
+    base = doc_url()
+    md = re.sub(re.escape(base) + r"([\w.-]+\.html)", lambda m: base + pages.get(m[1], m[1]), md)
+    def chapter(m: re.Match) -> str:
+        return f"[`{m[1]}`]({base}{m[1]}.html)" if m[1] in chapters else m[0]
+    parts = re.split(r"(```.*?```)", md, flags=re.S)
+    return "".join(p if i % 2 else re.sub(r"(?<![\[`])`(\d\d[a-z]?_\w+)`(?![`\]])", chapter, p) for i, p in enumerate(parts))
+
+
+def render_readme(pages: dict[str, str]) -> str:
     "README.md text: the processed index notebook as Markdown, with a title line instead of front matter."
     out = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--log-level", "WARN", "--to", "markdown",
                           "--stdout", str(ROOT / "_proc" / "index.ipynb")], check=True, capture_output=True, text=True)
@@ -228,25 +320,25 @@ def render_readme() -> str:
     if front is None: sys.exit("README: _proc/index.ipynb has no front matter")
     meta = dict(re.findall(r"^(\w[\w-]*): '?(.*?)'?$", re.sub(r"\n\s+", " ", front.group(1)), re.M))
     body = re.sub(r"<!-- WARNING: THIS FILE WAS AUTOGENERATED! DO NOT EDIT! -->\n", "", md[front.end():]).strip()
-    body = re.sub(r"\n{3,}", "\n\n", body)
+    body = readme_links(re.sub(r"\n{3,}", "\n\n", body), pages, {nb.stem for nb in (ROOT / "nbs").glob("*.ipynb")})
     return f"# {meta['title']}\n\n> {meta['description']}\n\n{body}\n"
 
 
 def main(cmd: str):
     "`build`: site into docs/ and check README.md; `readme`: rewrite README.md; `check`: the site in a browser."
     if cmd == "build":
-        shutil.rmtree(ROOT / "_proc", ignore_errors=True)
         shutil.rmtree(ROOT / "docs", ignore_errors=True)
         pages = process_notebooks()
         subprocess.run([str(Path(sys.executable).parent / "smalldocs"), "render", str(ROOT / "_proc")], check=True)
         (ROOT / "_proc" / "docs").rename(ROOT / "docs")
         s = finish_site(ROOT / "docs", pages)
-        print(f"docs: {s['pages']} pages, {s['links']} cross-reference links made relative, {s['math']} maths spans rendered")
-        if (ROOT / "README.md").read_text() != render_readme():
+        print(f"docs: {s['pages']} pages, {s['links']} cross-reference links made relative, {s['chapter_links']} "
+              f"chapter mentions linked, {s['math']} maths spans rendered")
+        if s["missing_chapters"]: sys.exit("docs: chapters named that no notebook has: " + ", ".join(s["missing_chapters"]))
+        if (ROOT / "README.md").read_text() != render_readme(pages):
             sys.exit("README.md is out of date with nbs/index.ipynb: run `make readme` and commit it")
     elif cmd == "readme":
-        process_notebooks()
-        (ROOT / "README.md").write_text(render_readme())
+        (ROOT / "README.md").write_text(render_readme(process_notebooks()))
     elif cmd == "check":
         sys.path.insert(0, str(ROOT / "tools"))
         from browser_check import main as check
