@@ -8,7 +8,7 @@ from compodistill.vat import (OFFICIAL_WINDOWS, adaptive_matching, band_matching
                               official_matching, outlier_filter, report_matching, simple_matching, vat_loss,
                               vat_pair_losses)
 
-# The official code's ATTENTION_TARGET_LAYERS (paper.md §2.7): per depth, 7 start layers and the teacher group size.
+# The official code's ATTENTION_TARGET_LAYERS (00_paper, official VAT): per depth, 7 start layers and the teacher group size.
 PAPER_TABLE = {24: (list(range(8, 15)), 2), 28: (list(range(9, 16)), 3), 32: (list(range(11, 18)), 3),
                40: (list(range(13, 20)), 5)}
 
