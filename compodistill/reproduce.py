@@ -27,9 +27,9 @@ from .pipeline import Pipeline, output_to, run_pipeline, stage_dir
 from .runner import STAGE_DONE, file_sha256
 
 # %% auto #0
-__all__ = ['CONDITIONS', 'BASELINE', 'VAT', 'SHUFFLED', 'ORACLE', 'MEASURES', 'PRIMARY', 'EARLY_STAGES', 'VERDICTS', 'measures',
-           'score_stage', 'run_job', 'Progress', 'run_jobs', 'bootstrap_ci', 'per_seed', 'difference', 'beats',
-           'verdict', 'precondition', 'reproduce', 'summary_table', 'seed_table', 'verdict_text', 'wall_table']
+__all__ = ['CONDITIONS', 'BASELINE', 'VAT', 'SHUFFLED', 'ORACLE', 'MEASURES', 'PRIMARY', 'EARLY_STAGES', 'CHAINS', 'VERDICTS',
+           'measures', 'score_stage', 'run_job', 'Progress', 'run_jobs', 'bootstrap_ci', 'per_seed', 'difference',
+           'beats', 'verdict', 'precondition', 'reproduce', 'summary_table', 'seed_table', 'verdict_text', 'wall_table']
 
 # %% ../nbs/11_reproduce.ipynb #ce79b166
 CONDITIONS = {"no distillation": "none", "KD": "kd", "VAT, paper's band": "vat_band", "VAT where the teacher looks": "vat_look",
@@ -39,6 +39,7 @@ BASELINE, VAT, SHUFFLED, ORACLE = "KD", "VAT where the teacher looks", "VAT, shu
 MEASURES = ("existence", "binding", "relations", "where")
 PRIMARY = ("binding", "relations")  # the endpoints of the decision rule
 EARLY_STAGES = ("student_base", "student", "none")  # what a seed can train before the teacher exists
+CHAINS = {"CompoDistill": ("dpt", "dft", "sft")}  # a row trained by several stages (else: its stage alone)
 
 def measures(scores:dict, # `score_grid` of one model
              relations, # the relations the teacher learnt (`tested_relations`)
@@ -67,20 +68,20 @@ def score_stage(stage:Path, # a finished stage's folder (with `model/` and `stag
 # %% ../nbs/11_reproduce.ipynb #ef173bd9
 def run_job(config:str, # the pipeline file (absolute)
             seed:int, # the seed whose pipeline the job runs
-            phase:str, # "teacher", "early" or "late"
+            job:str, # "teacher", "early" (the student and "no distillation") or a row of `CONDITIONS`
             workdir:str, # the folder the pipeline's relative paths start from
            ) -> dict:
-    "One job in a worker: the teacher's gates report, a seed's early stages ({}), or its late stages and every condition's scores."
+    "One job in a worker: the teacher's gates report, or one row's stages of a seed and `{row: its scores}`."
     torch.set_num_threads(1)
     hf_logging.disable_progress_bar(); datasets.disable_progress_bars()  # loading and saving bars: noise in a log
     with contextlib.chdir(workdir):
         pipe = Pipeline.from_yaml(config, seed=str(seed))
-        log = (pipe.shared_root if phase == "teacher" else pipe.root) / f"{phase}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with output_to(log):
-            if phase == "teacher": return teacher_report(pipe)
-            run_pipeline(pipe, only=list(EARLY_STAGES) if phase == "early" else None, logs=True)
-            return {} if phase == "early" else {row: score_stage(stage_dir(pipe, s), pipe.data_root) for row, s in CONDITIONS.items()}
+        if job == "teacher":
+            with output_to(pipe.shared_root / "teacher.log"): return teacher_report(pipe)
+        row = "no distillation" if job == "early" else job
+        with output_to(pipe.root / "jobs.log"):  # the stages' own output goes to <stage>/train.log
+            run_pipeline(pipe, only=list(EARLY_STAGES if job == "early" else CHAINS.get(row, (CONDITIONS[row],))), logs=True)
+            return {row: score_stage(stage_dir(pipe, CONDITIONS[row]), pipe.data_root)}
 
 # %% ../nbs/11_reproduce.ipynb #3362d3aa
 class Progress:
@@ -122,9 +123,9 @@ class Progress:
 
 # %% ../nbs/11_reproduce.ipynb #6aa70597
 def _ready(job:tuple, results:dict, vision_done) -> bool:
-    "Whether a waiting job can start: early jobs once the tower exists, late ones after the gates and their seed's early job."
-    phase, seed = job
-    return vision_done() if phase == "early" else ("teacher", None) in results and ("early", seed) in results
+    "Whether a waiting job can start: a seed's early job once the tower exists, a condition after the gates and that job."
+    seed, name = job
+    return vision_done() if name == "early" else (None, "teacher") in results and (seed, "early") in results
 
 def run_jobs(config:Path, # the pipeline file (absolute)
              seeds:list, # seeds to run
@@ -132,15 +133,18 @@ def run_jobs(config:Path, # the pipeline file (absolute)
              progress:Progress|None=None, # polled while the jobs run
              gate:bool=True, # stop when the teacher fails a gate (`check_gates`)
             ) -> dict:
-    "Every job of a reproduction, each started as soon as it can: `{(phase, seed): result}` (the teacher's seed is None)."
+    "Every job of a reproduction, each started as soon as it can, seed by seed: `{(seed, job): result}`."
     vision = stage_dir(Pipeline.from_yaml(config, seed=str(seeds[0])), "vision") / STAGE_DONE
-    waiting, results = [("early", s) for s in seeds] + [("late", s) for s in seeds], {}
+    rows = [r for r in CONDITIONS if r != "no distillation"]
+    waiting, results = [(s, "early") for s in seeds] + [(s, r) for s in seeds for r in rows], {}
+    order = {job: k for k, job in enumerate(waiting)}
+    submit = lambda pool, seed, name: pool.submit(run_job, str(config), seed, name, os.getcwd())
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running = {pool.submit(run_job, str(config), seeds[0], "teacher", os.getcwd()): ("teacher", None)}
+        running = {submit(pool, seeds[0], "teacher"): (None, "teacher")}
         while running or waiting:
-            ready = sorted((j for j in waiting if _ready(j, results, vision.is_file)), key=lambda j: (j[0] == "early", j[1]))
-            for job in ready[:workers - len(running)]:  # a seed's late job first: seeds finish one after another
-                running[pool.submit(run_job, str(config), job[1], job[0], os.getcwd())] = job
+            ready = sorted((j for j in waiting if _ready(j, results, vision.is_file)), key=lambda j: (j[1] != "early", order[j]))
+            for job in ready[:workers - len(running)]:  # early jobs first (beside the teacher), then seed by seed
+                running[submit(pool, *job)] = job
                 waiting.remove(job)
             finished, _ = wait(running, timeout=2, return_when=FIRST_COMPLETED)
             for f in finished:
@@ -149,7 +153,7 @@ def run_jobs(config:Path, # the pipeline file (absolute)
                 except BaseException:
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
-                if job[0] == "teacher" and gate: check_gates(results[job]["teacher"])  # no student distils from a failed teacher
+                if job[1] == "teacher" and gate: check_gates(results[job]["teacher"])  # no student distils from a failed teacher
             if progress: progress.poll()
     return results
 
@@ -226,12 +230,13 @@ def reproduce(config:str|Path, # the pipeline file, e.g. configs/small/pipeline.
         for pipe in pipes.values(): run_pipeline(pipe, dry_run=True)  # every stage of every seed checked first
         t0 = time.time()
         jobs = run_jobs(config, seeds, workers, Progress(pipes) if progress else None, pipes[seeds[0]].gates)
-        report = jobs[("teacher", None)]
+        report = jobs[(None, "teacher")]
         rel = report["tested_relations"] or list(RELATION_WORDS)  # an ungated teacher may have learnt none
         result = dict(config=str(config), seeds=seeds, wall_s=round(time.time() - t0, 1), gates=report["gates"],
                       tested_relations=rel, teacher=measures(report["teacher"], rel),
                       controls={k: measures(report[k], rel) for k in ("scrambled", "probe")},
-                      runs={str(s): {row: measures(sc, rel) for row, sc in jobs[("late", s)].items()} for s in seeds},
+                      runs={str(s): {row: measures(jobs[(s, "early" if row == "no distillation" else row)][row], rel)
+                                     for row in CONDITIONS} for s in seeds},
                       stage_wall_s={str(s): _wall_times(p) for s, p in pipes.items()})
         out.write_text(json.dumps(result, indent=1))
     return result
