@@ -16,11 +16,13 @@ from pathlib import Path
 from types import UnionType
 from typing import Literal, Union, get_args, get_origin
 
+import datasets
 import torch
 import yaml
 from fastcore.docments import docments
 from fastcore.imports import IN_NOTEBOOK
 from PIL import Image, ImageDraw
+from transformers.utils import logging as hf_logging
 
 from .checkpoints import (assemble_llava, load_llava, make_processor, save_llava, save_random_parts,
                                       word_tokenizer)
@@ -304,6 +306,7 @@ def main(argv:list[str]|None=None, # arguments (default: `sys.argv[1:]`)
     if name not in COMMANDS:
         print(usage, f"compodistill: error: unknown command {name!r}", sep="\n", file=sys.stderr)
         sys.exit(2)
+    hf_logging.disable_progress_bar(); datasets.disable_progress_bars()  # loading, saving and data-reading bars: noise
     try: call_command(COMMANDS[name], argv[1:], prog)
     except (*USER_ERRORS, KeyboardInterrupt) as e:
         if debug: raise

@@ -186,8 +186,8 @@ def beats(result:dict, row:str, base:str, measure:str) -> bool:
     return difference(result, row, base, measure)[1] > 0
 
 # %% ../nbs/11_reproduce.ipynb #17a5b60d
-VERDICTS = {"content": "VAT transfers it through the content of the teacher's attention (VAT > KD, shuffled ≈ KD)",
-            "regulariser": "VAT helps only as a regulariser (VAT > KD, shuffled ≈ VAT)",
+VERDICTS = {"content": "VAT transfers it through the content of the teacher's attention (VAT beats KD and the shuffled control, which does not beat KD)",
+            "regulariser": "VAT helps only as a regulariser (VAT and the shuffled control beat KD, VAT does not beat the control)",
             "not attention": "attention is not the bottleneck (the oracle does not beat KD)",
             "not transferred": "attention can carry it (the oracle beats KD), but the teacher's attention does not transfer it at this budget"}
 

@@ -1,7 +1,7 @@
 """Do the gaps close with more steps? Learning curves of the mechanism test's conditions on one seed.
 
   python tools/learning_curves.py [SEED] [STEPS] [EVERY] [STAGE ...]    # from the repository root, after make reproduce
-  python tools/learning_curves.py 0 3000 300 kd vat_look oracle           # the default: about 35 minutes on 2 cores
+  python tools/learning_curves.py 0 3000 500 kd vat_look oracle           # the default
 
 Each stage of configs/small/pipeline.yaml named is trained again for STEPS steps (same seed, same starting student,
 same batches, a cosine schedule over STEPS) into runs/small/curves/seed<SEED>/<stage>/, two at a time, keeping a
@@ -55,7 +55,7 @@ def curve(folder: str, data_root: str) -> dict:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    seed, steps, every = (int(a) for a in (args + ["0", "3000", "300"])[:3])
+    seed, steps, every = (int(a) for a in (args + ["0", "3000", "500"])[:3])
     stages = args[3:] or ["kd", "vat_look", "oracle"]
     from compodistill.pipeline import Pipeline
     data_root = str(Pipeline.from_yaml(CONFIG).data_root)
