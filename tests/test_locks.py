@@ -1,4 +1,5 @@
 """Two seeds' pipelines started together: the shared teacher is trained once, the other run waits for it and uses it."""
+import contextlib
 import json
 import os
 import shutil
@@ -12,7 +13,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 def test_two_pipelines_started_together_train_the_shared_stages_once(tmp_path):
     shutil.copytree(CONFIGS, tmp_path / "configs")
     from compodistill.pipeline import Pipeline, prepare_world
-    prepare_world(Pipeline.from_yaml(tmp_path / "configs" / "tiny" / "pipeline.yaml"))  # each writer would claim the world
+    with contextlib.chdir(tmp_path):  # the world first: two runs writing a missing world at once collide (not locked yet)
+        prepare_world(Pipeline.from_yaml("configs/tiny/pipeline.yaml"))
     cmd = lambda seed: [sys.executable, "-m", "compodistill.cli", "pipeline", "--config", "configs/tiny/pipeline.yaml",
                         f"seed={seed}", "--only", "vision", "teacher_binding", "teacher", "student_base", "student"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
