@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .vat import VAT_QUERIES, VAT_TARGETS
+
 # %% auto #0
 __all__ = ['answer_positions', 'logit_kd_loss', 'NonFiniteLossError', 'DistillationLoss']
 
@@ -63,8 +65,8 @@ class DistillationLoss:
 
     def __post_init__(self):
         if self.kd_weight < 0 or self.vat_weight < 0: raise ValueError("loss weights must be >= 0")
-        if self.vat_queries not in ("visual", "text"): raise ValueError(f"vat_queries must be visual or text, got {self.vat_queries!r}")
-        if self.vat_target not in ("teacher", "shuffled", "oracle"):
+        if self.vat_queries not in VAT_QUERIES: raise ValueError(f"vat_queries must be visual or text, got {self.vat_queries!r}")
+        if self.vat_target not in VAT_TARGETS:
             raise ValueError(f"vat_target must be teacher, shuffled or oracle, got {self.vat_target!r}")
         if not self.temperature > 0: raise ValueError(f"temperature must be > 0, got {self.temperature}")
 

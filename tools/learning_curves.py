@@ -22,18 +22,15 @@ CONFIG = Path("configs/small/pipeline.yaml")
 
 def train(seed: int, stage: str, steps: int, every: int) -> str:
     "Train `stage` of seed `seed`'s pipeline for `steps` steps into the curves folder, a checkpoint every `every`; its folder."
-    from compodistill.pipeline import Pipeline, stage_values
+    from compodistill.pipeline import Pipeline, output_to, stage_values
     from compodistill.runner import parse_stage_config, run_stage
     torch.set_num_threads(1)
     pipe = Pipeline.from_yaml(CONFIG, seed=str(seed))
     out = pipe.root.parent / "curves" / f"seed{seed}" / stage
     values = {**stage_values(pipe, stage), "output_dir": str(out), "max_steps": steps, "save_steps": every,
               "save_total_limit": None}
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f"{stage}.log", "a") as log:
-        import contextlib
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            run_stage(*parse_stage_config(None, **values))
+    with output_to(out / "train.log"):  # the stage's log in its folder, as the pipeline keeps it
+        run_stage(*parse_stage_config(None, **values))
     return str(out)
 
 
